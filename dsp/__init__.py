@@ -1,0 +1,1 @@
+"""Signal processing: calibration, baseline, smoothing, peak picking, centroids, traces, features."""

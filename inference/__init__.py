@@ -1,0 +1,1 @@
+"""Classifiers: model bundle, backends (onnxruntime, tensorrt), engine cache, micro-batcher."""

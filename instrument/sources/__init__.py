@@ -1,0 +1,1 @@
+"""Byte sources: sim://, serial://, tcp://, replay://, usb:// (see instrument.sources.open_source)."""

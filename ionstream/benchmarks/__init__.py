@@ -1,0 +1,1 @@
+"""`ionstream bench` benchmarks, one module each (see ionstream/commands/bench.py)."""

@@ -1,0 +1,1 @@
+"""ionstream subcommands, one module each (see ionstream/cli.py)."""

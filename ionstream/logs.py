@@ -1,0 +1,50 @@
+"""Logging set-up: plain lines on a terminal, key=value or JSON lines for the journal."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per record: ``ts=... level=... logger=... msg="..."`` plus extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
+                 f"msg={json.dumps(record.getMessage())}"]
+        for key, value in getattr(record, "fields", {}).items():
+            parts.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+        if record.exc_info:
+            parts.append(f"exc={json.dumps(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage(), **getattr(record, "fields", {})}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: int = logging.INFO, fmt: str | None = None) -> None:
+    """Configure the root logger on stderr.
+
+    ``fmt``: "plain" (default on a terminal), "kv" (default otherwise: one key=value line
+    per record, as the systemd journal likes it) or "json".
+    """
+    if fmt is None:
+        fmt = "plain" if sys.stderr.isatty() else "kv"
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif fmt == "kv":
+        handler.setFormatter(KeyValueFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,148 @@
+"""The acquisition thread: read bytes from a Source, decode frames, fill the ring.
+
+It only reads, decodes and enqueues: it never waits on DSP, inference or a subscriber
+(under the drop-oldest policy; under ``block`` it waits for the ring only, by choice of
+the operator). A device that vanishes is reopened with exponential backoff, counted,
+and logged once per episode, so an unplugged adapter at 3 a.m. produces two log lines
+(lost, back) rather than thousands.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from instrument.frames import FrameDecoder
+from instrument.ring import RingBuffer
+from instrument.sources.base import EndOfSource, Source, SourceDisconnected, SourceUnavailable
+
+log = logging.getLogger("ionstream.acquisition")
+
+
+@dataclass
+class AcquisitionStats:
+    """Counters of one acquisition thread (bytes, reads, episodes)."""
+
+    bytes_read: int = 0
+    reads: int = 0
+    frames: int = 0
+    disconnects: int = 0       # device lost mid-stream
+    reconnects: int = 0        # successful re-opens after a loss
+    open_failures: int = 0     # failed open attempts (each retry counts)
+    connected: bool = False
+    ended: bool = False        # a finite source delivered everything
+    error: str | None = None   # an unexpected exception that stopped the thread
+
+
+class AcquisitionThread:
+    """Owns one Source and feeds a RingBuffer. start() / stop() / join(); stats; decoder.stats."""
+
+    def __init__(self, source: Source, ring: RingBuffer, *, read_size: int = 1 << 20,
+                 backoff_initial_s: float = 0.05, backoff_max_s: float = 2.0,
+                 close_ring_at_end: bool = True, name: str = "acquisition"):
+        self.source = source
+        self.ring = ring
+        self.decoder = FrameDecoder(max_payload_size=ring.slot_bytes)
+        self.stats = AcquisitionStats()
+        self._read_buffer = bytearray(read_size)
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._close_ring_at_end = close_ring_at_end
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> "AcquisitionThread":
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError(f"acquisition thread for {self.source.url.text} did not start in {timeout} s")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to stop, wait up to ``timeout`` s for it, then close the ring."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("acquisition thread did not stop within %.1f s (source %s)", timeout, self.source.url.text)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def stopping(self) -> threading.Event:
+        return self._stop
+
+    # ---- the loop ----------------------------------------------------------------
+    def _run(self) -> None:
+        self._started.set()
+        try:
+            self._loop()
+        except Exception as exc:  # a bug, not an I/O failure: report it once, loudly
+            self.stats.error = f"{type(exc).__name__}: {exc}"
+            log.exception("acquisition stopped by an unexpected error (source %s)", self.source.url.text)
+        finally:
+            self._close_source()
+            if self._close_ring_at_end:
+                self.ring.close()
+
+    def _loop(self) -> None:
+        view = memoryview(self._read_buffer)
+        source, ring, decoder, stats, stop = self.source, self.ring, self.decoder, self.stats, self._stop
+        lost_since: float | None = None
+        delay = self._backoff[0]
+        while not stop.is_set():
+            if not stats.connected:
+                try:
+                    source.open()
+                except SourceUnavailable as exc:
+                    stats.open_failures += 1
+                    if lost_since is None:
+                        lost_since = time.monotonic()
+                        log.warning("cannot open %s: %s; retrying with backoff", source.url.text, exc)
+                    stop.wait(delay)
+                    delay = min(delay * 2, self._backoff[1])
+                    continue
+                stats.connected = True
+                delay = self._backoff[0]
+                if lost_since is not None:
+                    stats.reconnects += 1
+                    log.warning("%s is back after %.1f s", source.url.text, time.monotonic() - lost_since)
+                    lost_since = None
+                else:
+                    log.info("acquiring from %s", source.url.text)
+            try:
+                n = source.readinto(view)
+            except SourceDisconnected as exc:
+                stats.disconnects += 1
+                stats.connected = False
+                lost_since = time.monotonic()
+                log.warning("lost %s: %s; reopening with backoff (frames already acquired are kept)",
+                            source.url.text, exc)
+                self._close_source()
+                decoder.reset()  # a partial frame from before the loss can never complete
+                continue
+            except EndOfSource:
+                stats.ended = True
+                log.info("%s: end of source", source.url.text)
+                return
+            if n == 0:
+                continue
+            host_time_ns = time.time_ns()
+            stats.reads += 1
+            stats.bytes_read += n
+            for frame in decoder.feed(view[:n]):
+                stats.frames += 1
+                ring.put(frame.header, frame.raw, host_time_ns, stop)
+
+    def _close_source(self) -> None:
+        try:
+            self.source.close()
+        except Exception:  # closing a vanished device may fail; it is gone either way
+            log.debug("closing %s failed", self.source.url.text, exc_info=True)
+        self.stats.connected = False

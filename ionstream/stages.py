@@ -106,7 +106,9 @@ class DspWorkers:
                 out.put(result)
                 self.watermarks[w] = k + 1
         finally:
-            self.watermarks[w] = 1 << 62  # nothing more will come from this worker
+            # Nothing more will come from this worker: once the ring is closed its head is
+            # final, and every index below it that this worker did not produce was dropped.
+            self.watermarks[w] = max(self.watermarks[w], reader.ring._head)
             reader.close()
 
     def _process_one(self, k: int, slot: Slot, process: Callable[[Slot], Any], w: int) -> ScanResult:
@@ -189,11 +191,11 @@ class Sequencer:
                     log.exception("publishing scan %d failed; counted, continuing", result.scan_number)
                 continue
             if watermark > k:
-                if watermark >= 1 << 62 and not workers.alive and not self._pending and self._results.empty():
-                    return  # every worker finished and everything was emitted
                 self.next_index = k + 1
                 self.skipped += 1
                 continue
+            if not workers.alive and self._results.empty() and not self._pending:
+                return  # every worker finished and everything was emitted
             self._drain(block=True)
 
 

@@ -36,6 +36,11 @@ class Daemon:
         status = StatusLine(log_interval_s=self.config.status.log_interval_s)
         if not self.status_line_enabled:
             status.tty = False
+        metrics_server = None
+        if self.config.status.prometheus_port:
+            from ionstream.metrics import serve
+
+            metrics_server, _ = serve(self.config.status.prometheus_port, pipeline.snapshot)
         pipeline.start()
         log.info("running: source %s, %d DSP worker(s); Ctrl-C to stop", self.config.source.url, pipeline.dsp.n)
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
@@ -54,6 +59,8 @@ class Daemon:
             status.finish()
             log.info("stopping: draining queues and closing files")
             drained = pipeline.stop(drain_timeout_s=5.0)
+            if metrics_server is not None:
+                metrics_server.shutdown()
             final = pipeline.snapshot()
             log.info("stopped: %d scans, %d drops, %d CRC errors, %d sequence gaps%s",
                      final["scans"], final["drops_total"], final["crc_errors"], final["sequence_gaps"],

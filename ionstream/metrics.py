@@ -1,0 +1,60 @@
+"""Optional Prometheus endpoint: the same figures as the status line and the status topic.
+
+A custom collector reads ``snapshot()`` at scrape time, so the exported numbers are the
+pipeline's own counters, not a second set of books kept in parallel.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable
+
+log = logging.getLogger("ionstream.metrics")
+
+# snapshot key -> (metric name, kind, help)
+COUNTERS = {
+    "scans": ("ionstream_scans_total", "scans published"),
+    "frames": ("ionstream_frames_total", "device frames decoded"),
+    "crc_errors": ("ionstream_crc_errors_total", "frames with a failed header or payload CRC"),
+    "resyncs": ("ionstream_resyncs_total", "decoder resynchronisations after bad bytes"),
+    "bytes_skipped": ("ionstream_bytes_skipped_total", "bytes skipped while resynchronising"),
+    "sequence_gaps": ("ionstream_sequence_gaps_total", "missing device sequence numbers"),
+    "disconnects": ("ionstream_source_disconnects_total", "device losses"),
+    "reconnects": ("ionstream_source_reconnects_total", "device re-opens after a loss"),
+    "dsp_errors": ("ionstream_dsp_errors_total", "scans whose DSP raised"),
+}
+GAUGES = {
+    "scans_per_s": ("ionstream_scan_rate", "scans per second"),
+    "ring_fill": ("ionstream_ring_fill_ratio", "ring buffer fill for the slowest reader (0..1)"),
+    "latency_p50_ms": ("ionstream_latency_p50_ms", "frame-in to message-out latency, median (ms)"),
+    "latency_p99_ms": ("ionstream_latency_p99_ms", "frame-in to message-out latency, 99th percentile (ms)"),
+    "reorder_depth": ("ionstream_reorder_depth", "results waiting for order restoration"),
+}
+
+
+def serve(port: int, snapshot: Callable[[], dict[str, Any]]):
+    """Serve /metrics on 127.0.0.1:port; returns the server (call .shutdown() to stop)."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+
+    class SnapshotCollector:
+        def collect(self):
+            s = snapshot()
+            for key, (name, doc) in COUNTERS.items():
+                if key in s:
+                    yield CounterMetricFamily(name.removesuffix("_total"), doc, value=s[key])
+            for key, (name, doc) in GAUGES.items():
+                value = s.get(key)
+                if isinstance(value, (int, float)) and not math.isnan(value):
+                    yield GaugeMetricFamily(name, doc, value=value)
+            drops = CounterMetricFamily("ionstream_drops", "scans dropped, per stage", labels=["stage"])
+            for key, value in s.items():
+                if key.startswith("drops_") and key != "drops_total":
+                    drops.add_metric([key.removeprefix("drops_")], value)
+            yield drops
+
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector())
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    log.info("Prometheus metrics on 127.0.0.1:%d/metrics", port)
+    return server, thread

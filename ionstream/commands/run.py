@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from ionstream.config import ConfigError, apply_overrides, endpoint_problems, load
 
@@ -113,5 +112,3 @@ def main(args: argparse.Namespace) -> int:
     return Daemon(config, duration_s=args.duration,
                   status_line=not args.no_status_line).run()
 
-
-_ = time  # duration handling lives in Daemon

@@ -1,0 +1,70 @@
+"""``sim://?rate=20&samples=65536&seed=1`` — the built-in simulated instrument, in-process.
+
+Options: rate (scans/s, 0 = as fast as possible; default 20), samples (per scan, default
+65536), seed (default 1), dtype (uint16 | float32), count (stop after N scans; default
+endless). It emits exactly the bytes `ionstream simulate` would, so everything downstream
+is exercised as with a real device.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from instrument.sources.base import EndOfSource, Source, SourceURL
+
+OPTIONS = {"rate", "samples", "seed", "dtype", "count"}
+
+
+def create(url: SourceURL) -> "SimSource":
+    url.check_options(OPTIONS)
+    return SimSource(url)
+
+
+class SimSource(Source):
+    def __init__(self, url: SourceURL):
+        super().__init__(url)
+        self.rate_hz = url.option("rate", 20.0, float)
+        self.n_samples = url.option("samples", 65536, int)
+        self.seed = url.option("seed", 1, int)
+        self.dtype = url.option("dtype", "uint16", str)
+        self.count = url.option("count", 0, int)
+        self.finite = self.count > 0
+        self._frames = None
+        self._pending = memoryview(b"")
+        self._emitted = 0
+        self._t0 = 0.0
+
+    def open(self) -> None:
+        from instrument.simulator import SimConfig, Simulator
+
+        if self._frames is None:  # a re-open continues the same run
+            config = SimConfig(scan_rate_hz=self.rate_hz, n_samples=self.n_samples, seed=self.seed,
+                               dtype=self.dtype)
+            self._frames = iter(Simulator(config))
+            self._t0 = time.monotonic()
+
+    def readinto(self, buf: memoryview) -> int:
+        if not self._pending:
+            if self.count and self._emitted >= self.count:
+                raise EndOfSource()
+            if self.rate_hz > 0:
+                due = self._t0 + self._emitted / self.rate_hz
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(min(wait, 0.1))
+                    if wait > 0.1:
+                        return 0
+            frame, _truth = next(self._frames)
+            self._pending = memoryview(frame)
+            self._emitted += 1
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        pass  # nothing to release; keeping the generator lets a re-open continue the run
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rate_hz": self.rate_hz, "samples": self.n_samples, "seed": self.seed,
+                "dtype": self.dtype}

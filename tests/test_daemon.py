@@ -1,0 +1,100 @@
+"""The daemon as a technician runs it: a real subprocess, real signals, real files."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _endpoints() -> list[str]:
+    return ["--endpoint", f"tcp://127.0.0.1:{_free_port()}", "--control", f"tcp://127.0.0.1:{_free_port()}"]
+
+
+def _start(args, tmp_path, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(IONSTREAM + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kw)
+
+
+def test_run_on_the_simulator_stops_cleanly_on_sigterm(tmp_path):
+    proc = _start(["run", "--source", "sim://?rate=50&samples=8192", "--workers", "2",
+                   "--record", "run1.isc"] + _endpoints(), tmp_path)
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped:" in err and "Traceback" not in err
+    capture = tmp_path / "captures" / "run1.isc"
+    assert capture.exists() and capture.stat().st_size > 8192 * 2 * 50
+
+    from instrument.capture import capture_info
+
+    info = capture_info(capture)
+    assert info.scans >= 50 and not info.torn_tail
+
+
+def test_duration_ends_the_run_with_exit_0(tmp_path):
+    proc = _start(["run", "--source", "sim://?rate=100&samples=4096", "--duration", "2s"] + _endpoints(), tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    scans = int(err.split("stopped: ")[1].split(" scans")[0])
+    assert 100 <= scans <= 260
+
+
+def test_bad_config_key_is_named_and_nothing_starts(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[dsp]\nworkerz = 2\n[ring]\nslots = "many"\n')
+    proc = _start(["run", "-c", str(cfg)], tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "dsp.workerz: unknown key" in err and "ring.slots: expected an integer" in err
+
+
+def test_port_in_use_is_reported_before_start(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _start(["run", "--endpoint", f"tcp://127.0.0.1:{port}", "--control", ""], tmp_path)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "publish.endpoint" in err and str(port) in err
+
+
+def test_finite_replay_runs_to_the_end(tmp_path):
+    rec = _start(["record", "--source", "sim://?rate=0&samples=2048&count=300", "--out", "cap.isc"], tmp_path)
+    _, err = rec.communicate(timeout=60)
+    assert rec.returncode == 0, err
+    proc = _start(["run", "--source", f"replay://{tmp_path / 'cap.isc'}?speed=max"] + _endpoints(), tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped: 300 scans" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_second_signal_exits_at_once(tmp_path, sig):
+    # A source that never opens keeps the daemon busy reconnecting; two signals must still end it.
+    proc = _start(["run", "--source", f"tcp://127.0.0.1:{_free_port()}"] + _endpoints(), tmp_path)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    proc.send_signal(sig)
+    proc.communicate(timeout=10)
+    assert proc.returncode in (0, 128 + sig)

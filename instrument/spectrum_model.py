@@ -333,31 +333,30 @@ def isotope_pattern(composition: dict[str, float], max_peaks: int = 8,
     lam1 = sum(composition.get(e, 0.0) * p for e, p in _P_PLUS1.items())
     lam2 = sum(composition.get(e, 0.0) * p for e, p in _P_PLUS2.items())
     n_cl = int(round(composition.get("Cl", 0.0)))
-    k = np.arange(max_peaks)
-    p1 = np.exp(-lam1 + k * math.log(lam1) - _lgamma(k + 1)) if lam1 > 0 else (k == 0).astype(float)
-    k2 = np.arange(max_peaks // 2 + 1)
-    p2 = np.exp(-lam2 + k2 * math.log(lam2) - _lgamma(k2 + 1)) if lam2 > 0 else (k2 == 0).astype(float)
-    kc = np.arange(n_cl + 1)
-    pc = np.array([math.comb(n_cl, j) * _CL37 ** j for j in kc], dtype=np.float64)
-    abundance = np.zeros(max_peaks)
-    moment = np.zeros(max_peaks)
-    for a, pa in zip(k2, p2):
-        for c, pcc in zip(kc, pc):
+    p1 = _poisson(lam1, max_peaks)
+    p2 = _poisson(lam2, max_peaks // 2 + 1)
+    pc = [math.comb(n_cl, j) * _CL37 ** j for j in range(n_cl + 1)]
+    abundance = [0.0] * max_peaks
+    moment = [0.0] * max_peaks
+    for a, pa in enumerate(p2):
+        for c, pcc in enumerate(pc):
             base = 2 * a + 2 * c
-            if base >= max_peaks:
-                continue
-            n1 = k[: max_peaks - base]
-            w = pa * pcc * p1[: max_peaks - base]
-            abundance[base + n1] += w
-            moment[base + n1] += w * (n1 * C13_SPACING + a * _DM_PLUS2 + c * _DM_CL)
-    delta = np.divide(moment, abundance, out=k * C13_SPACING, where=abundance > 0)
-    rel = abundance / abundance.max()
-    last = int(np.nonzero(rel >= min_rel)[0].max()) + 1
-    return delta[:last], rel[:last]
+            for n1 in range(max_peaks - base):
+                w = pa * pcc * p1[n1]
+                abundance[base + n1] += w
+                moment[base + n1] += w * (n1 * C13_SPACING + a * _DM_PLUS2 + c * _DM_CL)
+    top = max(abundance)
+    last = max(i for i, v in enumerate(abundance) if v >= min_rel * top) + 1
+    delta = np.array([moment[i] / abundance[i] if abundance[i] > 0 else i * C13_SPACING for i in range(last)])
+    return delta, np.array(abundance[:last]) / top
 
 
-def _lgamma(k: np.ndarray) -> np.ndarray:
-    return np.array([math.lgamma(float(v)) for v in np.atleast_1d(k)])
+def _poisson(lam: float, n: int) -> list[float]:
+    """Poisson probabilities of 0 .. n-1 at rate ``lam``."""
+    out = [math.exp(-lam)]
+    for k in range(1, n):
+        out.append(out[-1] * lam / k)
+    return out
 
 
 def formula_mass(composition: dict[str, float]) -> float:
@@ -641,8 +640,9 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
                     model: InstrumentModel | None = None) -> tuple[np.ndarray, ScanTruth]:
     """One independent spectrum whose label is ``class_index``, with its truth.
 
-    A dominant compound of the class (base peak S/N 12 .. 3000) plus background; with ``augment``
-    also nuisance variation: m/z shift (normal, sigma 3 ppm), intensity scale, detector noise and
+    A dominant compound of the class (base-peak S/N log-uniform in 12 .. 3000: the intensity
+    scaling) plus background; with ``augment``
+    also nuisance variation: m/z shift (normal, sigma 3 ppm), detector noise and
     continuum level (x0.6..1.6), pedestal and drift, 0..2 minor compounds of any class (each with
     fewer total counts than the dominant one) and 0..8 random contaminant peaks (S/N 3..30).
     For class 0 only sub-threshold compounds (base-peak S/N < 8) or none.
@@ -656,7 +656,6 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
     n = model.n_samples
     axis = model.axis
     shift_ppm = float(rng.normal(0.0, 3.0)) if augment else 0.0
-    scale = float(rng.lognormal(0.0, 0.3)) if augment else 1.0
     noise_f = float(rng.uniform(0.6, 1.6)) if augment else 1.0
     cont_f = float(rng.uniform(0.6, 1.6)) if augment else 1.0
     pedestal = model.pedestal + (float(rng.uniform(-30, 30)) if augment else 0.0)
@@ -713,11 +712,8 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
         add(mz, rng.uniform(3.0, 30.0, size=k) * np.interp(mz, axis, noise_arr), -2, 0, 0, 1)
 
     mz = np.concatenate(cols["mz"]) * (1.0 + shift_ppm * 1e-6)
-    height = np.concatenate(cols["height"]) * scale
+    height = np.concatenate(cols["height"])
     comps = np.array(comp_rows, dtype=COMPOUND_DTYPE)
-    comps["height"] *= scale
-    comps["total"] *= scale
-    comps["snr"] *= scale
 
     idx, vals = model.render(mz, height)
     signal = np.zeros(n, np.float64)
@@ -732,7 +728,9 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
                         np.concatenate(cols["compound"]), np.concatenate(cols["class"]),
                         np.concatenate(cols["isotope"]), np.concatenate(cols["charge"]), 0.3)
     base = pedestal + drift * model.drift_shape + continuum
-    return out, ScanTruth(scan_number=0, time_s=0.0, label=label, noise_sigma=float(np.median(noise_arr)),
+    # noise_arr falls monotonically along the axis, so its median is its middle value.
+    noise_sigma = float(0.5 * (noise_arr[(n - 1) // 2] + noise_arr[n // 2]))
+    return out, ScanTruth(scan_number=0, time_s=0.0, label=label, noise_sigma=noise_sigma,
                           drift=drift, compounds=comps, dominant_compound=dominant, saturated=saturated,
                           mz_shift_ppm=shift_ppm, _peaks=peaks, _build_baseline=lambda: base)
 

@@ -60,6 +60,7 @@ class Pipeline:
     # ---- lifecycle -------------------------------------------------------------------
     def start(self) -> "Pipeline":
         self.started_at = time.monotonic()
+        self._rates.update({"scans": 0, "bytes": 0})
         self.dsp.start()
         self.sequencer.start()
         if self.config.capture.record:

@@ -31,7 +31,8 @@ class SimSource(Source):
         self.finite = self.count > 0
         self._frames = None
         self._pending = memoryview(b"")
-        self._emitted = 0
+        self._emitted = 0   # frames, for pacing
+        self._scans = 0     # scan frames, for count
         self._t0 = 0.0
 
     def open(self) -> None:
@@ -45,7 +46,7 @@ class SimSource(Source):
 
     def readinto(self, buf: memoryview) -> int:
         if not self._pending:
-            if self.count and self._emitted >= self.count:
+            if self.count and self._scans >= self.count:
                 raise EndOfSource()
             if self.rate_hz > 0:
                 due = self._t0 + self._emitted / self.rate_hz
@@ -54,9 +55,10 @@ class SimSource(Source):
                     time.sleep(min(wait, 0.1))
                     if wait > 0.1:
                         return 0
-            frame, _truth = next(self._frames)
+            frame, truth = next(self._frames)
             self._pending = memoryview(frame)
             self._emitted += 1
+            self._scans += truth is not None  # STATUS frames carry no truth
         n = min(len(buf), len(self._pending))
         buf[:n] = self._pending[:n]
         self._pending = self._pending[n:]

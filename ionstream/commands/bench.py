@@ -15,7 +15,7 @@ import sys
 
 HELP = "run a benchmark (decode, dsp, infer, gpu, zmq, e2e, usb, reprocess)"
 
-BENCHMARKS = ["decode", "dsp", "infer", "gpu", "zmq", "e2e", "usb", "reprocess"]
+BENCHMARKS = ["decode", "dsp", "infer", "gpu", "zmq", "e2e", "usb", "reprocess", "soak"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -525,7 +525,9 @@ class FrameDecoder:
                 if mv[pos:pos + k] != SYNC[:k]:
                     pos = self._resync(mv, pos, end)
                     continue
-                self._need = 4 if avail < 4 else 8
+                # A sync prefix is decided byte by byte (so the state after any prefix of
+                # the stream is the same however it was split); the envelope needs 8 bytes.
+                self._need = avail + 1 if avail < 4 else 8
                 break
             sync, version, ftype, hsize = _ENVELOPE.unpack_from(mv, pos)
             if sync != SYNC:

@@ -138,6 +138,14 @@ class TestFrameDecoder:
         decode_all(stream, decoder=dec)
         assert dec.buffered == 3
 
+    @pytest.mark.parametrize("tail", [b"\xa5\x00", b"\xa5\x5a\x00", b"\xa5\x5a\x49\x00", b"\xa5", b"\xa5\x5a\x49"])
+    def test_a_broken_sync_prefix_is_decided_as_soon_as_it_breaks(self, tail):
+        whole, s1 = decode_all(scan(0) + tail)
+        bytewise, s2 = decode_all(scan(0) + tail, chunk=1)
+        assert s1 == s2 and len(whole) == len(bytewise) == 1
+        complete_prefix = SYNC.startswith(tail)
+        assert s1.bytes_skipped == (0 if complete_prefix else len(tail))
+
     def test_payload_corruption(self):
         bad = bytearray(scan(1, n=32))
         bad[100] ^= 0x01

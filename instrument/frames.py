@@ -327,7 +327,9 @@ class DecodedFrame:
     def samples(self) -> np.ndarray:
         """Zero-copy view of the scan's samples in their wire dtype (after the explicit axis, if any)."""
         h = self.header
-        dtype = SAMPLE_DTYPES[h.sample_type]
+        dtype = SAMPLE_DTYPES.get(h.sample_type)
+        if dtype is None:
+            raise ValueError(f"a {h.frame_type.name} frame has no samples")
         offset = 8 * h.n_samples if h.axis_kind == AxisKind.EXPLICIT else 0
         return np.frombuffer(self.payload, dtype=dtype, count=h.n_samples, offset=offset)
 
@@ -398,6 +400,9 @@ class FrameDecoder:
     On any failure the decoder searches for SYNC from p+1 (so a frame that starts inside
     a truncated or corrupt one is still found). Bytes passed over are counted in
     bytes_skipped; each run of them is one resync.
+
+    One decoder per byte stream, used by one thread (the acquisition thread); other
+    threads may read ``stats`` (plain ints) at any time.
     """
 
     def __init__(self, max_payload_size: int = MAX_PAYLOAD_SIZE):

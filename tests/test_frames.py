@@ -111,6 +111,10 @@ class TestFrameDecoder:
         for f in dec.feed(scan(0)):
             with pytest.raises(ValueError):
                 f.status()
+        for f in dec.feed(encode_status(sequence=1)):
+            with pytest.raises(ValueError, match="STATUS"):
+                f.samples()
+            assert f.mz_axis() is None
 
     def test_unknown_status_state_is_kept_as_int(self):
         frame = bytearray(encode_status(sequence=0))

@@ -805,6 +805,8 @@ class ScanGenerator:
     """
 
     GRID_S = 0.01
+    ACTIVE_COUNTS = 0.25
+    """A compound whose base-peak height is below this (counts, << the noise) is left out of a scan."""
     """Time step (s) of the precomputed elution profiles (linear interpolation between)."""
 
     def __init__(self, model: InstrumentModel | None = None, *, seed: int = 1, cycle_s: float = 60.0,
@@ -853,14 +855,18 @@ class ScanGenerator:
         # Sparse templates and shot-noise rows.
         self._templates = []
         self._total = np.zeros(n_compounds)
+        self._peak_bound = np.zeros((n_compounds, 2))  # max template value, max |shot-noise row|
         for j, c in enumerate(self.compounds):
             idx, vals = model.render(c.ions["mz"], c.ions["rel_height"])
-            z = rng.standard_normal((shot_bank, idx.size))
-            shot = (np.sqrt(model.gain * vals) * z).astype(np.float32)
+            # Row 0: the template; rows 1..shot_bank: shot-noise realisations sqrt(gain * template) N(0, 1).
+            rows = np.empty((1 + shot_bank, idx.size), np.float32)
+            rows[0] = vals
+            rows[1:] = np.sqrt(model.gain * vals) * rng.standard_normal((shot_bank, idx.size))
             contiguous = idx.size > 0 and idx[-1] - idx[0] + 1 == idx.size
             where = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx.astype(np.intp)
-            self._templates.append((where, vals.astype(np.float32), shot, np.empty(idx.size, np.float32)))
+            self._templates.append((where, rows, np.empty(idx.size, np.float32)))
             self._total[j] = vals.sum()
+            self._peak_bound[j] = (vals.max(), np.abs(rows[1:]).max())
 
         # Background and noise bank.
         bg_mz, bg_h, bg_iso = background_ions(model, np.random.default_rng(model.background_seed))
@@ -875,9 +881,18 @@ class ScanGenerator:
         self._bank = np.empty((noise_bank, n), np.float32)
         for k in range(noise_bank):
             self._bank[k] = expected + sigma * rng.standard_normal(n)
+        self._bank_range = np.stack([self._bank.min(axis=1), self._bank.max(axis=1)], axis=1).astype(np.float64)
         self._drift_shape = model.drift_shape.astype(np.float32)
+        self._drift_range = (float(model.drift_shape.min()), float(model.drift_shape.max()))
         self._work = np.empty(n, np.float32)
+        self._coef = np.zeros(1 + shot_bank, np.float32)
         self._shot_bank = shot_bank
+        if self.dtype == np.uint16:
+            self._limits = (0.0, 65535.0)
+        elif self.dtype == np.int16:
+            self._limits = (-32768.0, 32767.0)
+        else:
+            self._limits = None
 
     @property
     def n_samples(self) -> int:
@@ -905,33 +920,43 @@ class ScanGenerator:
         spray = 1.0 + 0.03 * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
         w = self.elution_heights(time_s)
         w *= np.float32(spray)
-        active = np.flatnonzero(w > 0.05)
+        active = np.flatnonzero(w > self.ACTIVE_COUNTS)
         drift = model.drift(time_s)
 
         buf = self._work
         np.multiply(self._drift_shape, np.float32(drift), out=buf)
-        buf += self._bank[h % self._bank.shape[0]]
+        bank = h % self._bank.shape[0]
+        buf += self._bank[bank]
+        coef = self._coef
         for c in active.tolist():
-            where, tpl, shot, tmp = self._templates[c]
+            where, rows, tmp = self._templates[c]
             wc = float(w[c])
-            np.multiply(tpl, np.float32(wc), out=tmp)
-            tmp += shot[((h >> 16) + 3 * c) % self._shot_bank] * np.float32(math.sqrt(wc))
+            j = 1 + ((h >> 16) + 3 * c) % self._shot_bank
+            coef[0] = wc
+            coef[j] = math.sqrt(wc)
+            np.dot(coef, rows, out=tmp)  # w * template + sqrt(w) * shot row j
+            coef[j] = 0.0
             buf[where] += tmp
 
         if out is None:
             out = np.empty(model.n_samples, self.dtype)
         saturated = False
-        if self.dtype == np.uint16:
-            saturated = bool(buf.max() >= 65535.0)
-            np.clip(buf, 0.0, 65535.0, out=buf)
-            np.copyto(out, buf, casting="unsafe")
-        elif self.dtype == np.int16:
-            np.rint(buf, out=buf)
-            saturated = bool(buf.max() >= 32767.0)
-            np.clip(buf, -32768.0, 32767.0, out=buf)
-            np.copyto(out, buf, casting="unsafe")
-        else:
+        if self._limits is None:
             np.copyto(out, buf)
+        else:
+            if self.dtype == np.int16:
+                np.rint(buf, out=buf)
+            lo, hi = self._limits
+            # Clip only when the scan may reach the ADC limits (a cheap bound from precomputed maxima).
+            wa = w[active].astype(np.float64)
+            pb = self._peak_bound[active]
+            spread = abs(drift) * self._drift_range[1]
+            upper = self._bank_range[bank, 1] + spread + float(wa @ pb[:, 0] + np.sqrt(wa) @ pb[:, 1])
+            lower = self._bank_range[bank, 0] - spread - float(np.sqrt(wa) @ pb[:, 1])
+            if upper >= hi or lower < lo + 1.0:
+                saturated = bool(buf.max() >= hi)
+                np.clip(buf, lo, hi, out=buf)
+            np.copyto(out, buf, casting="unsafe")
 
         wa = w[active].astype(np.float64)
         comps = np.empty(active.size, COMPOUND_DTYPE)

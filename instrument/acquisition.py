@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from instrument.frames import FrameDecoder
+from instrument.frames import FRAME_OVERHEAD, FrameDecoder
 from instrument.ring import RingBuffer
 from instrument.sources.base import EndOfSource, Source, SourceDisconnected, SourceUnavailable
 
@@ -43,7 +43,8 @@ class AcquisitionThread:
                  close_ring_at_end: bool = True, name: str = "acquisition"):
         self.source = source
         self.ring = ring
-        self.decoder = FrameDecoder(max_payload_size=ring.slot_bytes)
+        # A frame whose payload passes the decoder must also fit a ring slot.
+        self.decoder = FrameDecoder(max_payload_size=ring.slot_bytes - FRAME_OVERHEAD)
         self.stats = AcquisitionStats()
         self._read_buffer = bytearray(read_size)
         self._backoff = (backoff_initial_s, backoff_max_s)

@@ -75,7 +75,8 @@ class Slot:
     def samples(self) -> np.ndarray:
         """The scan's samples as a zero-copy view in the frame's own dtype."""
         h = self.header
-        start = HEADER_SIZE + (8 * h.n_samples if h.axis_kind == AxisKind.EXPLICIT else 0)
+        # header_size, not HEADER_SIZE: newer firmware may send a longer (compatible) header.
+        start = h.header_size + (8 * h.n_samples if h.axis_kind == AxisKind.EXPLICIT else 0)
         dtype = h.sample_type.numpy_dtype
         return self.raw[start:start + h.n_samples * dtype.itemsize].view(dtype)
 
@@ -84,11 +85,12 @@ class Slot:
         h = self.header
         if h.axis_kind != AxisKind.EXPLICIT:
             return None
-        return self.raw[HEADER_SIZE:HEADER_SIZE + 8 * h.n_samples].view("<f8")
+        return self.raw[h.header_size:h.header_size + 8 * h.n_samples].view("<f8")
 
     def payload(self) -> np.ndarray:
         """The payload bytes as a uint8 view (status frames)."""
-        return self.raw[HEADER_SIZE:HEADER_SIZE + self.header.payload_size]
+        h = self.header
+        return self.raw[h.header_size:h.header_size + h.payload_size]
 
 
 @dataclass

@@ -45,8 +45,8 @@ Scan label rule
 ---------------
 A compound is *detected* in a scan when the expected apex height of its base peak is at least
 ``LABEL_MIN_SNR`` (10) times the baseline noise sigma at that m/z. The scan's label is the class of
-the detected compound with the largest total expected ion counts; with no detected compound the
-label is 0 (background).
+the detected compound with the highest base peak (in counts: the compound that owns the
+scan's most intense analyte ion); with no detected compound the label is 0 (background).
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ PEAK_DTYPE = np.dtype([
     ("class_index", "i2"),  # index into CLASS_LABELS (0 for background ions)
     ("isotope", "i2"),      # 0 = monoisotopic
     ("charge", "i2"),
-    ("blended", "?"),       # an adjacent true peak >= 10 % as high lies within one FWHM
+    ("blended", "?"),       # another true peak >= 10 % as high within one FWHM, or others add >= 5 % at the centre
 ])
 """Ground-truth peaks of one scan (ScanTruth.peaks), sorted by m/z."""
 
@@ -195,7 +195,7 @@ class InstrumentModel:
     resolving_power_exponent: float = 0.5
     pedestal: float = 100.0
     detector_noise: float = 3.0
-    gain: float = 4.0
+    gain: float = 0.1
     continuum: float = 20.0
     drift_amplitude: float = 15.0
     drift_period_s: float = 45.0
@@ -612,14 +612,31 @@ def _peak_table(mz, height, fwhm, noise, compound, class_index, isotope, charge,
                     ("class_index", class_index), ("isotope", isotope), ("charge", charge)):
         p[name] = np.broadcast_to(v, mz.shape)[keep][order]
     p["area"] = p["height"] * p["fwhm"] * (math.sqrt(2 * math.pi) / (2 * math.sqrt(2 * math.log(2))))
-    blended = np.zeros(p.size, bool)
-    if p.size > 1:
-        close = np.diff(p["mz"]) < np.maximum(p["fwhm"][:-1], p["fwhm"][1:])
-        h = p["height"]
-        blended[:-1] |= close & (h[1:] >= 0.1 * h[:-1])
-        blended[1:] |= close & (h[:-1] >= 0.1 * h[1:])
+    blended = _blended(p["mz"], p["height"].astype(np.float64), p["fwhm"].astype(np.float64))
     p["blended"] = blended
     return p
+
+
+def _blended(mz: np.ndarray, height: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
+    """Peaks (sorted by m/z) that another true peak disturbs: one at least 10 % as high lies within
+    one FWHM, or the others together add at least 5 % of the peak's height at its centre."""
+    n = mz.size
+    close = np.zeros(n, bool)
+    extra = np.zeros(n)
+    if n < 2:
+        return close
+    i = np.arange(n)
+    span = int(max((np.searchsorted(mz, mz + 3 * fwhm, "right") - i).max(),
+                   (i - np.searchsorted(mz, mz - 3 * fwhm, "left")).max()))
+    k = 4.0 * math.log(2.0)
+    for d in range(1, min(span, n - 1) + 1):
+        a, b = slice(0, n - d), slice(d, n)
+        dist = mz[b] - mz[a]
+        extra[a] += height[b] * np.exp(-k * (dist / fwhm[b]) ** 2)
+        extra[b] += height[a] * np.exp(-k * (dist / fwhm[a]) ** 2)
+        close[a] |= (dist < fwhm[a]) & (height[b] >= 0.1 * height[a])
+        close[b] |= (dist < fwhm[b]) & (height[a] >= 0.1 * height[b])
+    return close | (extra >= 0.05 * height)
 
 
 def scan_label(compounds: np.ndarray) -> tuple[int, int]:
@@ -627,7 +644,7 @@ def scan_label(compounds: np.ndarray) -> tuple[int, int]:
     detected = compounds[compounds["snr"] >= LABEL_MIN_SNR]
     if detected.size == 0:
         return BACKGROUND, -1
-    best = detected[int(np.argmax(detected["total"]))]
+    best = detected[int(np.argmax(detected["height"]))]
     return int(best["class_index"]), int(best["compound"])
 
 
@@ -644,7 +661,7 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
     scaling) plus background; with ``augment``
     also nuisance variation: m/z shift (normal, sigma 3 ppm), detector noise and
     continuum level (x0.6..1.6), pedestal and drift, 0..2 minor compounds of any class (each with
-    fewer total counts than the dominant one) and 0..8 random contaminant peaks (S/N 3..30).
+    a base peak 2 .. 60 % as high as the dominant one's) and 0..8 random contaminant peaks (S/N 3..30).
     For class 0 only sub-threshold compounds (base-peak S/N < 8) or none.
 
     Returns ``(intensity, truth)``: ``intensity`` has ``dtype`` (uint16, int16 or float32) and
@@ -675,34 +692,29 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
         for key, v in (("compound", compound), ("class", cls), ("isotope", isotope), ("charge", charge)):
             cols[key].append(np.broadcast_to(np.asarray(v), (m,)))
 
-    def add_compound(cls: int, cid: int, snr: float) -> float:
+    def add_compound(cls: int, cid: int, snr: float | None = None, height: float | None = None) -> float:
+        """Add a compound of class ``cls`` with its base peak at ``snr`` or ``height``; returns the height."""
         c = make_compound(cls, rng, cid, model)
         base = c.ions[int(np.argmax(c.ions["rel_height"]))]
         sigma = float(np.interp(base["mz"], axis, noise_arr))
-        h = snr * sigma
+        h = snr * sigma if height is None else height
         heights = c.ions["rel_height"] * h
         # total counts of a Gaussian peak: height * sigma_samples * sqrt(2 pi)
         sig_samples = model.sigma_mz(c.ions["mz"]) / mz_per_sample(model.calibration, c.ions["mz"])
         total = float(np.sum(heights * sig_samples) * math.sqrt(2 * math.pi))
         add(c.ions["mz"], heights, cid, cls, c.ions["isotope"], c.ions["charge"])
-        comp_rows.append((cid, cls, h, total, snr))
-        return total
+        comp_rows.append((cid, cls, h, total, h / sigma))
+        return h
 
     if class_index != BACKGROUND:
-        lo = math.log(12.0)
-        main_total = add_compound(class_index, 0, math.exp(rng.uniform(lo, math.log(3000.0))))
+        main_h = add_compound(class_index, 0, snr=math.exp(rng.uniform(math.log(12.0), math.log(3000.0))))
         for cid in range(1, 1 + (int(rng.integers(0, 3)) if augment else 0)):
-            before = len(comp_rows)
-            total = add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid,
-                                 math.exp(rng.uniform(math.log(3.0), math.log(300.0))))
-            if total >= 0.6 * main_total:  # keep the dominant compound dominant: shrink this one
-                f = 0.5 * main_total / total
-                cols["height"][-1] = cols["height"][-1] * f
-                cid_, cls_, h_, tot_, snr_ = comp_rows[before]
-                comp_rows[before] = (cid_, cls_, h_ * f, tot_ * f, snr_ * f)
+            # weaker compounds of any class: base peak 2 % .. 60 % of the dominant one's
+            add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid,
+                         height=main_h * math.exp(rng.uniform(math.log(0.02), math.log(0.6))))
     else:
         for cid in range(int(rng.integers(0, 3)) if augment else 0):
-            add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid, float(rng.uniform(1.0, 8.0)))
+            add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid, snr=float(rng.uniform(1.0, 8.0)))
 
     bg_mz, bg_h, bg_iso = background_ions(model, rng)
     add(bg_mz, bg_h * (cont_f if augment else 1.0), -1, 0, bg_iso, 1)
@@ -832,7 +844,9 @@ class ScanGenerator:
         el = np.zeros(n_compounds, ELUTION_DTYPE)
         el["compound"] = np.arange(n_compounds)
         el["class_index"] = classes
-        el["rt_s"] = rng.uniform(0.04, 0.92, n_compounds) * self.cycle_s
+        # Compounds elute over the gradient, 6 % .. 78 % of the run; the rest is the blank start and
+        # the wash/re-equilibration at the end, where only background is seen.
+        el["rt_s"] = rng.uniform(0.06, 0.78, n_compounds) * self.cycle_s
         el["sigma_s"] = rng.uniform(0.4, 1.2, n_compounds) * s
         el["tau_s"] = el["sigma_s"] * rng.uniform(0.3, 2.0, n_compounds)
         self._base_sigma = np.array([float(model.noise_sigma_at(c.ions["mz"][np.argmax(c.ions["rel_height"])]))
@@ -844,12 +858,11 @@ class ScanGenerator:
         self._grid_s = self.cycle_s / n_grid
         prof = np.zeros((n_grid + 1, n_compounds), np.float64)
         for j, e in enumerate(el):
-            # The whole profile on the grid (times may run past the cycle end: they wrap around).
+            # The profile on the grid; a tail still running at the end of the run is cut there.
             k0 = int(math.floor((e["rt_s"] - 8 * e["sigma_s"]) / self._grid_s))
             k1 = int(math.ceil((e["rt_s"] + 8 * e["sigma_s"] + 25 * e["tau_s"]) / self._grid_s))
-            k = np.arange(k0, k1 + 1)
-            np.add.at(prof[:, j], k % n_grid, emg_profile(k * self._grid_s, e["rt_s"], e["sigma_s"], e["tau_s"]))
-        prof[n_grid] = prof[0]  # so that interpolation past the last grid point wraps
+            k = np.arange(max(k0, 0), min(k1, n_grid) + 1)
+            prof[k, j] = emg_profile(k * self._grid_s, e["rt_s"], e["sigma_s"], e["tau_s"])
         self._elution_grid = (prof * el["height"]).astype(np.float32)
 
         # Sparse templates and shot-noise rows.

@@ -194,7 +194,7 @@ class TestScanGenerator:
             if detected.size == 0:
                 assert truth.label == sm.BACKGROUND and truth.dominant_compound == -1
             else:
-                best = detected[np.argmax(detected["total"])]
+                best = detected[np.argmax(detected["height"])]
                 assert truth.label == best["class_index"] and truth.dominant_compound == best["compound"]
         assert set(labels) == set(range(len(sm.CLASS_LABELS)))
 

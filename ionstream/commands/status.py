@@ -1,0 +1,104 @@
+"""`ionstream status`: ask a running daemon for its health over the control socket."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+HELP = "show a running daemon's health (over its control socket)"
+DESCRIPTION = (
+    "Query the daemon's control socket and print its status: state, rates, drops at every "
+    "stage, link errors, ring fill, latency, publisher and recording. Exit status 0 when the "
+    "daemon answered and is running, 1 when it did not answer or reports a problem, 2 on bad "
+    "arguments."
+)
+log = logging.getLogger("ionstream.status")
+
+# (key, label, format); keys the daemon does not report are left out, others follow in a second block
+LAYOUT: list[tuple[str, str, str]] = [
+    ("state", "state", "{}"),
+    ("source", "source", "{}"),
+    ("uptime_s", "uptime", "{:.0f} s"),
+    ("scans", "scans", "{}"),
+    ("scans_per_s", "scans/s", "{:.1f}"),
+    ("MBps", "input MB/s", "{:.2f}"),
+    ("drops_total", "drops (all stages)", "{}"),
+    ("crc_errors", "CRC errors", "{}"),
+    ("resyncs", "resyncs", "{}"),
+    ("sequence_gaps", "sequence gaps", "{}"),
+    ("ring_fill", "ring fill", "{:.0%}"),
+    ("latency_p50_ms", "latency p50", "{:.2f} ms"),
+    ("latency_p99_ms", "latency p99", "{:.2f} ms"),
+    ("backend", "classifier", "{}"),
+    ("recording", "recording", "{}"),
+    ("pub_endpoint", "publishing on", "{}"),
+    ("pub_sent", "messages sent", "{}"),
+    ("pub_drops_queue", "publisher queue drops", "{}"),
+    ("pub_subscriptions", "subscriptions", "{}"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5557", metavar="ENDPOINT",
+                        help="the daemon's control endpoint, publish.control (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the daemon's reply as one JSON object")
+    parser.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait (default %(default)s)")
+    parser.add_argument("--curve-key", metavar="FILE", help="this client's CURVE .key_secret file")
+    parser.add_argument("--curve-server-key", metavar="FILE", help="the daemon's CURVE public .key file")
+
+
+def _fmt(fmt: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def format_status(doc: dict[str, Any]) -> list[str]:
+    """The reply as aligned ``label  value`` lines: the main figures, then every other key."""
+    lines = []
+    shown = {"ok", "cmd", "id"}
+    for key, label, fmt in LAYOUT:
+        if key in doc:
+            shown.add(key)
+            value = doc[key]
+            if key == "recording" and not value:
+                value = "no"
+            lines.append(f"{label:>24}  {_fmt(fmt, value)}")
+    rest = [k for k in sorted(doc) if k not in shown]
+    if rest:
+        lines.append("")
+        for key in rest:
+            value = doc[key]
+            lines.append(f"{key:>24}  {_fmt('{:.4g}' if isinstance(value, float) else '{}', value)}")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    from ionstream.control import ControlClient, ControlError
+    from ionstream.security import SecurityError, client_from_args
+
+    try:
+        curve = client_from_args(args.curve_key, args.curve_server_key)
+    except SecurityError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        with ControlClient(args.endpoint, timeout=args.timeout, curve=curve) as client:
+            reply = client.request({"cmd": "status"})
+    except ControlError as exc:
+        log.error("%s", exc)
+        return 1
+    if args.json:
+        print(json.dumps(reply, sort_keys=True))
+    if not reply.get("ok"):
+        log.error("daemon refused: %s", reply.get("error"))
+        return 1
+    if not args.json:
+        print("\n".join(format_status(reply)))
+    return 0 if reply.get("state", "running") == "running" else 1

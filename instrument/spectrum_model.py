@@ -657,12 +657,12 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
                     model: InstrumentModel | None = None) -> tuple[np.ndarray, ScanTruth]:
     """One independent spectrum whose label is ``class_index``, with its truth.
 
-    A dominant compound of the class (base-peak S/N log-uniform in 12 .. 3000: the intensity
-    scaling) plus background; with ``augment``
-    also nuisance variation: m/z shift (normal, sigma 3 ppm), detector noise and
-    continuum level (x0.6..1.6), pedestal and drift, 0..2 minor compounds of any class (each with
-    a base peak 2 .. 60 % as high as the dominant one's) and 0..8 random contaminant peaks (S/N 3..30).
-    For class 0 only sub-threshold compounds (base-peak S/N < 8) or none.
+    A dominant compound of the class (base-peak S/N log-uniform in 15 .. 3000: the intensity
+    scaling) plus background; with ``augment`` also nuisance variation: m/z shift (normal,
+    sigma 3 ppm), detector noise and continuum level (x0.6 .. 1.6), pedestal and drift, 0 .. 2
+    minor compounds of any class (base peak 2 .. 60 % as high as the dominant one's) and 0 .. 8
+    random contaminant peaks (S/N 3 .. 8, under the detection threshold, so that they never pass
+    for a labelled compound). For class 0: no compound, or up to 2 at base-peak S/N 1 .. 5.
 
     Returns ``(intensity, truth)``: ``intensity`` has ``dtype`` (uint16, int16 or float32) and
     the axis of ``model`` (default :func:`default_model` for ``n_samples``).
@@ -707,21 +707,21 @@ def random_spectrum(class_index: int, rng: np.random.Generator, n_samples: int =
         return h
 
     if class_index != BACKGROUND:
-        main_h = add_compound(class_index, 0, snr=math.exp(rng.uniform(math.log(12.0), math.log(3000.0))))
+        main_h = add_compound(class_index, 0, snr=math.exp(rng.uniform(math.log(15.0), math.log(3000.0))))
         for cid in range(1, 1 + (int(rng.integers(0, 3)) if augment else 0)):
             # weaker compounds of any class: base peak 2 % .. 60 % of the dominant one's
             add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid,
                          height=main_h * math.exp(rng.uniform(math.log(0.02), math.log(0.6))))
     else:
         for cid in range(int(rng.integers(0, 3)) if augment else 0):
-            add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid, snr=float(rng.uniform(1.0, 8.0)))
+            add_compound(int(rng.integers(1, len(CLASS_LABELS))), cid, snr=float(rng.uniform(1.0, 5.0)))
 
     bg_mz, bg_h, bg_iso = background_ions(model, rng)
     add(bg_mz, bg_h * (cont_f if augment else 1.0), -1, 0, bg_iso, 1)
     if augment:
         k = int(rng.integers(0, 9))
         mz = rng.uniform(*model.mz_range, size=k)
-        add(mz, rng.uniform(3.0, 30.0, size=k) * np.interp(mz, axis, noise_arr), -2, 0, 0, 1)
+        add(mz, rng.uniform(3.0, 8.0, size=k) * np.interp(mz, axis, noise_arr), -2, 0, 0, 1)
 
     mz = np.concatenate(cols["mz"]) * (1.0 + shift_ppm * 1e-6)
     height = np.concatenate(cols["height"])

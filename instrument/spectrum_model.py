@@ -819,7 +819,8 @@ class ScanGenerator:
     GRID_S = 0.01
     ACTIVE_COUNTS = 0.25
     """A compound whose base-peak height is below this (counts, << the noise) is left out of a scan."""
-    """Time step (s) of the precomputed elution profiles (linear interpolation between)."""
+    """Time step (s) of the precomputed elution profiles (linear interpolation between); finer
+    when the run is so short that elution peaks are narrower than 5 steps."""
 
     def __init__(self, model: InstrumentModel | None = None, *, seed: int = 1, cycle_s: float = 60.0,
                  n_compounds: int = 32, dtype=np.uint16, noise_bank: int = 32, shot_bank: int = 8):
@@ -854,7 +855,8 @@ class ScanGenerator:
         el["height"] = np.exp(rng.uniform(np.log(15.0 * self._base_sigma), np.log(30000.0)))
         self.elution = el
 
-        n_grid = max(int(round(self.cycle_s / self.GRID_S)), 16)
+        grid_s = min(self.GRID_S, float(el["sigma_s"].min()) / 5.0)  # short runs need a finer grid
+        n_grid = max(int(round(self.cycle_s / grid_s)), 16)
         self._grid_s = self.cycle_s / n_grid
         prof = np.zeros((n_grid + 1, n_compounds), np.float64)
         for j, e in enumerate(el):

@@ -270,16 +270,15 @@ class CaptureWriter:
 
     def _put_record(self, kind: int, count: int, length: int, t: int, body, body_crc: int) -> None:
         head = RECORD_HEADER.pack(RECORD_MARKER, kind, 0, count, length, t)
-        buf = self._buf
-        buf += head
-        buf += _U32.pack(_crc32(head))
+        self._buf += head
+        self._buf += _U32.pack(_crc32(head))
         if length >= self._buffer_bytes:  # big frame: no copy into the buffer
             self._drain()
             self._write_all(body)
         else:
-            buf += body
-        buf += _U32.pack(body_crc)
-        if len(buf) >= self._buffer_bytes:
+            self._buf += body
+        self._buf += _U32.pack(body_crc)
+        if len(self._buf) >= self._buffer_bytes:
             self._drain()
 
     def _emit_block(self) -> None:

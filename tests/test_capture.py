@@ -86,6 +86,19 @@ def test_round_trip(tmp_path, compress):
         assert [bytes(f) for _, f in r2] == frames
 
 
+@COMPRESS
+def test_frames_larger_than_the_buffers(tmp_path, compress):
+    """Frames bigger than the write buffer (written straight through) and the read window."""
+    rng = np.random.default_rng(1)
+    frames = [encode_scan(rng.integers(0, 9, size=k).astype(np.uint16), sequence=i, scan_number=i,
+                          device_time_ns=i) for i, k in enumerate([10, 300_000, 5, 700_000, 40_000, 1])]
+    path = tmp_path / "big.isc"
+    write_capture(path, frames, compress=compress, buffer_bytes=64 * 1024, block_bytes=200_000)
+    for read_size in (4096, 1 << 20):
+        with CaptureReader(path, read_size=read_size) as r:
+            assert [bytes(f) for _, f in r] == frames and r.torn_tail_bytes == 0
+
+
 def test_frames_are_views_that_may_be_kept(tmp_path):
     frames = make_frames(50)
     write_capture(tmp_path / "a.isc", frames)

@@ -457,6 +457,10 @@ class CaptureReader:
     def description(self) -> dict[str, Any]:
         return self.header.get("description") or {}
 
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
     def close(self) -> None:
         self._f.close()
 

@@ -84,6 +84,8 @@ def test_round_trip(tmp_path, compress):
     with CaptureReader(path) as r2:
         assert [bytes(f) for _, f in r2] == frames
         assert [bytes(f) for _, f in r2] == frames
+        assert not r2.closed
+    assert r2.closed
 
 
 @COMPRESS

@@ -319,7 +319,9 @@ class ControlServer:
             log.exception("control thread failed; the control socket is closed")
             raise
         finally:
-            sock.close(0)
+            from ionstream.publisher import close_and_wait
+
+            close_and_wait(sock, 1000)  # the endpoint is free again when stop() returns
             pipe.close(0)
             if curve_setup:
                 self.curve.teardown(self._context)

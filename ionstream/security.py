@@ -194,6 +194,9 @@ class CurveServer:
         self.secret_key_file = Path(secret_key_file)
         self.public_key, self.secret_key = load_keypair(secret_key_file)
         self.clients_dir = Path(clients_dir)
+        if not self.clients_dir.is_dir():
+            raise SecurityError(f"{self.clients_dir}: client key directory does not exist "
+                                "(make it and copy each client's .key file into it)")
         self._allow = _AllowList(self.clients_dir)
         self.domain = f"{ZAP_DOMAIN_PREFIX}-{id(self):x}"
         if not self._allow.keys:

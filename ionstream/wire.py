@@ -222,7 +222,7 @@ def _parse_dtype(spec: Any, i: int) -> np.dtype:
         raise WireError(f"buffers[{i}].dtype must be a type string like '<f8', got {spec!r}")
     try:
         dtype = np.dtype(spec)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         raise WireError(f"buffers[{i}].dtype {spec!r} is not a known type string") from None
     if dtype.kind not in ALLOWED_KINDS or dtype.str[1:] != spec[1:]:
         raise WireError(f"buffers[{i}].dtype {spec!r} is not an allowed type (bool, int, uint, float, complex)")
@@ -266,6 +266,8 @@ def decode(frames: Sequence[Any]) -> Decoded:
         if not isinstance(spec, dict):
             raise WireError(f"buffers[{i}] must be an object, got {spec!r}")
         name = spec.get("name", f"buf{i}")
+        if not isinstance(name, str) or name in arrays:
+            raise WireError(f"buffers[{i}].name must be a unique string, got {name!r}")
         dtype = _parse_dtype(spec.get("dtype"), i)
         shape = spec.get("shape")
         if (not isinstance(shape, list)
@@ -276,7 +278,7 @@ def decode(frames: Sequence[Any]) -> Decoded:
         if len(buf) != expected:
             raise WireError(f"buffer {name!r} (frame {i + 2}) has {len(buf)} bytes; dtype {dtype.str} "
                             f"and shape {shape} need {expected}")
-        arrays[str(name)] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
     return Decoded(topic, header, arrays)
 
 

@@ -40,9 +40,10 @@ class RingConfig:
     slots: int = _f(256, "frame slots preallocated in the ring buffer", min=2)
     slot_bytes: int = _f(0, "bytes per slot; 0 = enough for max_samples float32 samples", min=0)
     max_samples: int = _f(65536, "largest scan (samples) the ring must hold", min=1)
-    policy: str = _f("drop-oldest", "when the ring is full: drop-oldest (acquisition never waits) "
-                     "or block (acquisition waits for DSP; the device may overrun)",
-                     choices=("drop-oldest", "block"))
+    policy: str = _f("auto", "when the ring is full: drop-oldest (acquisition never waits), block "
+                     "(acquisition waits for DSP; a live device may overrun), or auto: block for "
+                     "finite sources (replays: deterministic), drop-oldest for live devices",
+                     choices=("auto", "drop-oldest", "block"))
 
     def resolved_slot_bytes(self) -> int:
         from instrument.frames import FRAME_OVERHEAD

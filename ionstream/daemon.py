@@ -6,10 +6,11 @@ Exit codes: 0 clean stop (signal, --duration, control `shutdown`, a finite sourc
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from typing import Any
 
 from ionstream.config import Config
-from ionstream.pipeline import Pipeline
 from ionstream.statusline import StatusLine
 
 log = logging.getLogger("ionstream.daemon")
@@ -22,47 +23,111 @@ class Daemon:
         self.config = config
         self.duration_s = duration_s
         self.status_line_enabled = status_line
+        self.pipeline = None
+        self.control = None
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+
+    # ---- control handlers (run on the control thread: quick) ---------------------------
+    def _on_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return {"stats": self.pipeline.snapshot()}
+
+    def _on_record(self, req: dict[str, Any]) -> dict[str, Any]:
+        if req["action"] == "start":
+            return {"path": str(self.pipeline.record_start(req["path"]))}
+        path = self.pipeline.record_stop()
+        if path is None:
+            raise RuntimeError("not recording")
+        return {"path": str(path)}
+
+    def _on_reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.pipeline.reload_model(req.get("path"))
+
+    def _on_shutdown(self, _req: dict[str, Any]) -> dict[str, Any]:
+        self.stop_requested.set()
+        return {"state": "stopping"}
+
+    # ---- run ----------------------------------------------------------------------------
+    def _start(self) -> int | None:
+        from ionstream.pipeline import Pipeline
+
+        try:
+            self.pipeline = Pipeline(self.config)
+        except Exception as exc:  # bundle, keys, endpoints: all start-up errors, none a crash
+            log.error("not started: %s", exc)
+            return EXIT_CONFIG
+        if self.config.publish.control:
+            from ionstream.control import ControlServer
+
+            self.control = ControlServer(self.config.publish.control, {
+                "status": self._on_status, "record": self._on_record,
+                "reload-model": self._on_reload, "shutdown": self._on_shutdown,
+            }, allow_remote=self.config.publish.allow_remote, curve=self.pipeline.curve)
+        try:
+            self.pipeline.start()
+            if self.control is not None:
+                self.control.start()
+        except Exception as exc:
+            log.error("not started: %s", exc)
+            self.pipeline.stop(drain_timeout_s=1.0)
+            return EXIT_CONFIG
+        return None
 
     def run(self) -> int:
         from ionstream.commands.run import SignalHandler
 
         signals = SignalHandler()
+        signals.stop_requested = self.stop_requested
+        signals.reload_requested = self.reload_requested
         signals.install()
-        try:
-            pipeline = Pipeline(self.config)
-        except (ValueError, OSError, RuntimeError) as exc:
-            log.error("not started: %s", exc)
-            return EXIT_CONFIG
-        status = StatusLine(log_interval_s=self.config.status.log_interval_s)
-        if not self.status_line_enabled:
-            status.tty = False
+        failed = self._start()
+        if failed is not None:
+            return failed
+        pipeline = self.pipeline
         metrics_server = None
         if self.config.status.prometheus_port:
             from ionstream.metrics import serve
 
             metrics_server, _ = serve(self.config.status.prometheus_port, pipeline.snapshot)
-        pipeline.start()
-        log.info("running: source %s, %d DSP worker(s); Ctrl-C to stop", self.config.source.url, pipeline.dsp.n)
-        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
-        exit_code = EXIT_OK
-        try:
-            while not signals.stop_requested.is_set():
-                signals.stop_requested.wait(self.config.status.interval_s)
-                status.show(pipeline.snapshot())
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if pipeline.finished():
-                    if pipeline.acquisition.stats.error:
-                        exit_code = EXIT_FAILED
-                    break
-        finally:
-            status.finish()
-            log.info("stopping: draining queues and closing files")
-            drained = pipeline.stop(drain_timeout_s=5.0)
-            if metrics_server is not None:
-                metrics_server.shutdown()
-            final = pipeline.snapshot()
-            log.info("stopped: %d scans, %d drops, %d CRC errors, %d sequence gaps%s",
-                     final["scans"], final["drops_total"], final["crc_errors"], final["sequence_gaps"],
-                     "" if drained else " (drain timed out)")
+        log.info("running: source %s, %d DSP worker(s), classifier %s, publishing on %s%s; Ctrl-C to stop",
+                 self.config.source.url, pipeline.dsp.n, pipeline.snapshot()["backend"],
+                 pipeline.publisher.endpoint,
+                 f", control on {self.control.endpoint}" if self.control else "")
+        status = StatusLine(log_interval_s=self.config.status.log_interval_s,
+                            tty=None if self.status_line_enabled else False)
+        exit_code = self._loop(pipeline, status)
+        status.finish()
+        log.info("stopping: draining queues and closing files")
+        if self.control is not None:
+            self.control.stop()
+        drained = pipeline.stop(drain_timeout_s=5.0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        final = pipeline.snapshot()
+        log.info("stopped: %d scans, %d drops, %d CRC errors, %d sequence gaps%s",
+                 final["scans"], final["drops_total"], final["crc_errors"], final["sequence_gaps"],
+                 "" if drained else " (drain timed out)")
         return exit_code
+
+    def _loop(self, pipeline, status: StatusLine) -> int:
+        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
+        while not self.stop_requested.is_set():
+            self.stop_requested.wait(self.config.status.interval_s)
+            snapshot = pipeline.snapshot()
+            status.show(snapshot)
+            pipeline.publisher.publish("status", {"stats": {k: v for k, v in snapshot.items()
+                                                            if isinstance(v, (int, float, str, bool))}})
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                try:
+                    pipeline.reload_model()
+                except Exception as exc:
+                    log.error("model reload refused, the running model stays: %s", exc)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if pipeline.finished():
+                return EXIT_FAILED if pipeline.acquisition.stats.error else EXIT_OK
+            if not pipeline.publisher.alive:
+                log.error("the publisher thread died; stopping")
+                return EXIT_FAILED
+        return EXIT_OK

@@ -1,9 +1,11 @@
 """The pipeline owner: builds every stage from a Config, starts, snapshots and stops them.
 
 source → AcquisitionThread → RingBuffer ─┬─▶ Recorder (capture file)
-                                          └─▶ DspWorkers ─▶ Sequencer (order) ─▶ traces, batcher, publisher
-Stop order drains downstream: acquisition first, then the ring closes, DSP drains it,
-the sequencer emits the rest, the batcher flushes, the publisher sends, files close.
+                                          └─▶ DspWorkers ─▶ Sequencer (ring order)
+                                                              ├─▶ peaks, spectrum, trace topics
+                                                              └─▶ MicroBatcher ─▶ class topic
+Stop order drains downstream: acquisition first, then the ring closes, DSP drains it, the
+sequencer emits the rest, the batcher flushes, the publisher sends, files and sockets close.
 """
 from __future__ import annotations
 
@@ -14,53 +16,185 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from instrument.acquisition import AcquisitionThread
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config
+from ionstream.processing import ProcessedScan, ScanWork
 from ionstream.rates import LatencyWindow, RateMeter
-from ionstream.stages import DspWorkers, ScanResult, Sequencer, tic_only
+from ionstream.stages import DspWorkers, ScanResult, Sequencer
 
 log = logging.getLogger("ionstream.pipeline")
 
 
 class Pipeline:
-    """The running daemon's stages. start() / stop(); snapshot() for status; record_* for captures."""
+    """The running daemon's stages. start() / stop(); snapshot() for status; record_*; reload_model()."""
 
     def __init__(self, config: Config):
+        from ionstream.publisher import BufferPool, Publisher
+        from ionstream.security import CurveServer
+
         self.config = config
         self.source = open_source(config.source.url)
-        self.ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), config.ring.policy)
+        policy = config.ring.policy
+        if policy == "auto":
+            # A finite source (a replay) can wait, so it never drops and replays stay
+            # deterministic; a live device cannot wait, so its ring drops the oldest scans.
+            policy = "block" if self.source.finite else "drop-oldest"
+        self.ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), policy)
         self.acquisition = AcquisitionThread(self.source, self.ring)
         self.recorder = None
         self._record_lock = threading.Lock()
+
+        self.bundle = None
+        self.batcher = None
+        if config.inference.backend != "none":
+            self.bundle = self._load_bundle(config.inference.model)
+            self.batcher = self._make_batcher(self.bundle)
+
+        self.curve = CurveServer.from_config(config.publish)
+        self.publisher = Publisher(config.publish.endpoint, source=config.source.url,
+                                   queue_size=config.publish.queue, sndhwm=config.publish.hwm,
+                                   allow_remote=config.publish.allow_remote, curve=self.curve)
+        self.spectrum_pool = (BufferPool(config.ring.max_samples, np.float32, count=2 * config.ring.slots)
+                              if config.publish.spectrum else None)
+
         self._results: queue.Queue[ScanResult] = queue.Queue(maxsize=4 * config.ring.slots)
-        self.dsp = DspWorkers(self.ring, config.dsp_workers(), self._make_processor, self._results)
+        self.dsp = DspWorkers(self.ring, config.dsp_workers(), self._make_work, self._results)
         self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring._head)
+        self.traces = self._make_traces()
         self.latency = LatencyWindow()
         self._rates = RateMeter()
-        self._last_scan: dict[str, Any] = {}
         self._scans_out = 0
         self._peaks_total = 0
+        self._classified = 0
+        self.last_class: tuple[str, float] | None = None
+        self.instrument_status: dict[str, Any] = {}
         self.started_at = 0.0
         self._stopped = threading.Event()
 
-    # ---- stage hooks -----------------------------------------------------------------
-    def _make_processor(self):
-        return tic_only
+    # ---- construction helpers -----------------------------------------------------------
+    @staticmethod
+    def _load_bundle(path: str):
+        from inference.bundle import load_bundle
 
+        return load_bundle(path or None)
+
+    def _make_batcher(self, bundle):
+        from inference.batcher import MicroBatcher
+
+        inf = self.config.inference
+        factory = self._backend_factory(bundle)
+        return MicroBatcher(factory, n_features=bundle.feature_spec.bins, max_batch=inf.max_batch,
+                            max_delay_ms=inf.max_delay_ms, on_result=self._on_class, labels=bundle.labels,
+                            queue_size=4 * self.config.ring.slots)
+
+    def _backend_factory(self, bundle):
+        from inference.backend import open_backend
+
+        inf = self.config.inference
+        options: dict[str, Any] = {}
+        if inf.backend in ("auto", "tensorrt"):
+            options.update(gpus=inf.gpus, contexts_per_gpu=inf.contexts_per_gpu,
+                           engine_cache=inf.engine_cache or None)
+        return lambda: open_backend(bundle, inf.backend, precision=inf.precision, max_batch=inf.max_batch,
+                                    **options)
+
+    def _make_work(self):
+        dsp = self.config.dsp
+        return ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr},
+                        xic_windows=[tuple(w) for w in dsp.xic],
+                        feature_spec=self.bundle.feature_spec if self.bundle else None,
+                        spectrum_pool=self.spectrum_pool)
+
+    def _make_traces(self):
+        names = ["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.config.dsp.xic]
+        try:
+            from dsp.traces import TraceProcessor
+        except ImportError:
+            return None, names
+        return TraceProcessor(names), names
+
+    # ---- in-order emission (sequencer thread) -----------------------------------------
     def _emit(self, result: ScanResult) -> None:
-        """Called by the sequencer, in ring order, once per frame."""
+        if result.kind == "status":
+            self._on_instrument_status(result)
+            return
         if result.kind != "scan":
             return
+        scan: ProcessedScan = result.payload
+        times = {"scan": result.scan_number, "t_device_ns": result.device_time_ns,
+                 "t_acq_ns": result.host_time_ns, "t_dsp_ns": result.t_dsp_ns}
+        peaks = scan.peaks
+        self._peaks_total += len(peaks["mz"])
+        self.publisher.publish("peaks", {**times, "ms_level": scan.ms_level, "polarity": scan.polarity,
+                                         "tic": scan.tic}, [peaks[k] for k in ("mz", "intensity", "area",
+                                                                               "fwhm", "snr")])
+        if scan.spectrum is not None:
+            mz, intensity, release = scan.spectrum
+            self.publisher.publish("spectrum", {**times, "kind": "processed"}, [mz, intensity], release=release)
+        self._publish_trace(result, scan, times)
         self._scans_out += 1
-        self.latency.add(time.time_ns() - result.host_time_ns)
-        self._last_scan = {"scan_number": result.scan_number, **(result.payload or {})}
+        if self.batcher is not None and scan.features is not None:
+            if not self.batcher.submit(result, scan.features, timeout=0):
+                return  # counted by the batcher as dropped
+        else:
+            self.latency.add(time.time_ns() - result.host_time_ns)
 
-    # ---- lifecycle -------------------------------------------------------------------
+    def _publish_trace(self, result: ScanResult, scan: ProcessedScan, times: dict) -> None:
+        processor, names = self.traces
+        values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
+        events = []
+        if processor is not None:
+            events = processor.update(result.scan_number, result.device_time_ns, values)
+        self.publisher.publish("trace", {**times, "names": names, "events": events}, [values])
+
+    def _on_class(self, cls) -> None:
+        """Batcher thread, in order: publish the label and close the scan's latency."""
+        result: ScanResult = cls.key
+        now = time.time_ns()
+        if cls.error is None:
+            self._classified += 1
+            self.last_class = (cls.label, cls.confidence)
+            self.publisher.publish("class", {
+                "scan": result.scan_number, "t_device_ns": result.device_time_ns, "t_acq_ns": result.host_time_ns,
+                "t_dsp_ns": result.t_dsp_ns, "t_infer_ns": now, "label": cls.label,
+                "confidence": cls.confidence, "labels": list(self.bundle.labels),
+                "model": f"{self.bundle.name} {self.bundle.version}",
+                "backend": self._backend_name(),
+            }, [cls.probs])
+        self.latency.add(now - result.host_time_ns)
+
+    def _backend_name(self) -> str:
+        info = self.batcher.backend_info if self.batcher else None
+        if isinstance(info, dict):
+            return str(info.get("backend") or info.get("name") or "")
+        return str(info or "")
+
+    def _on_instrument_status(self, result: ScanResult) -> None:
+        import dataclasses
+        import struct
+
+        from instrument.frames import decode_status
+
+        try:
+            status = decode_status(result.payload)
+        except (ValueError, struct.error):
+            log.debug("undecodable status frame (sequence %d)", result.sequence)
+            return
+        self.instrument_status = {k: (v.name.lower() if hasattr(v, "name") else v)
+                                  for k, v in dataclasses.asdict(status).items()}
+
+    # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Pipeline":
         self.started_at = time.monotonic()
         self._rates.update({"scans": 0, "bytes": 0})
+        self.publisher.start()
+        if self.batcher is not None:
+            self.batcher.start()
+            log.info("classifier: %s %s on %s", self.bundle.name, self.bundle.version, self._backend_name())
         self.dsp.start()
         self.sequencer.start()
         if self.config.capture.record:
@@ -75,18 +209,39 @@ class Pipeline:
     def stop(self, drain_timeout_s: float = 5.0) -> bool:
         """Stop acquisition, drain the stages within ``drain_timeout_s``, close files. True if drained."""
         deadline = time.monotonic() + drain_timeout_s
-        self.acquisition.stop(timeout=max(0.1, deadline - time.monotonic()))
+        remaining = lambda: max(0.1, deadline - time.monotonic())  # noqa: E731
+        self.acquisition.stop(timeout=remaining())
         self.ring.close()
-        drained = self.dsp.join(max(0.1, deadline - time.monotonic()))
+        drained = self.dsp.join(remaining())
         if not drained:
             log.warning("DSP did not drain within %.1f s; stopping it", drain_timeout_s)
             self.dsp.stop()
-        drained = self.sequencer.join(max(0.1, deadline - time.monotonic())) and drained
+        drained = self.sequencer.join(remaining()) and drained
+        if self.batcher is not None:
+            drained = self.batcher.stop(drain=True, timeout=remaining()) and drained
         self.record_stop()
+        self.publisher.stop(timeout=remaining())
         self._stopped.set()
         return drained
 
-    # ---- recording -------------------------------------------------------------------
+    def reload_model(self, path: str | None = None) -> dict[str, Any]:
+        """Load and check a bundle (default: the configured one), then swap it in between batches.
+
+        Scans keep flowing: the batcher queues them while the new backend starts. A bundle
+        whose input spec differs from the running one is refused (the DSP workers compute
+        features for the running spec).
+        """
+        if self.batcher is None:
+            raise RuntimeError("no classifier is configured (inference.backend = none)")
+        bundle = self._load_bundle(path if path is not None else self.config.inference.model)
+        if bundle.feature_spec != self.bundle.feature_spec:
+            raise ValueError(f"{bundle.json_path}: input spec differs from the running model's; restart to change it")
+        self.batcher.reload(self._backend_factory(bundle))
+        self.bundle = bundle
+        log.info("model reloaded: %s %s", bundle.name, bundle.version)
+        return {"model": bundle.name, "version": bundle.version}
+
+    # ---- recording ---------------------------------------------------------------------
     def record_start(self, path: str | Path) -> Path:
         from instrument.recorder import Recorder
 
@@ -97,7 +252,7 @@ class Pipeline:
         with self._record_lock:
             if self.recorder is not None:
                 raise RuntimeError(f"already recording to {self.recorder.path}; stop that first")
-            description = {"source": self.source.describe(), "config": {"ring": vars(self.config.ring)}}
+            description = {"source": self.source.describe(), "ring": vars(self.config.ring)}
             self.recorder = Recorder(self.ring, path, description,
                                      fsync_interval_s=self.config.capture.fsync_interval_s,
                                      compress=self.config.capture.compress).start()
@@ -111,21 +266,24 @@ class Pipeline:
         recorder.stop()
         return recorder.path
 
-    # ---- status ----------------------------------------------------------------------
+    # ---- status ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Every live figure, flat, for the status line, the status topic and metrics."""
+        """Every live figure, flat where it is a number, for the status line, topic and metrics."""
         acq, dec, ring = self.acquisition.stats, self.acquisition.decoder.stats, self.ring.stats
-        counters = {"scans": self._scans_out, "bytes": acq.bytes_read}
-        rates = self._rates.update(counters)
+        rates = self._rates.update({"scans": self._scans_out, "bytes": acq.bytes_read})
         lat = self.latency.percentiles((50, 99))
         recorder = self.recorder
+        pub = self.publisher.stats()
+        batch = self.batcher.stats() if self.batcher else {}
         drops = {
             "drops_ring_dsp": self.dsp.dropped,
             "drops_ring_busy": ring.dropped_busy,
             "drops_ring_oversize": ring.dropped_oversize,
             "drops_recorder": recorder.dropped if recorder else 0,
+            "drops_batcher": batch.get("dropped", 0),
+            "drops_publisher": pub["pub_drops_queue"],
         }
-        return {
+        snapshot = {
             "state": "running" if not self._stopped.is_set() else "stopped",
             "source": self.source.url.text,
             "uptime_s": time.monotonic() - self.started_at,
@@ -133,6 +291,7 @@ class Pipeline:
             "scans_per_s": rates["scans"],
             "MBps": rates["bytes"] / 1e6,
             "frames": dec.frames,
+            "peaks_per_scan": self._peaks_total / self._scans_out if self._scans_out else float("nan"),
             "crc_errors": dec.header_crc_errors + dec.payload_crc_errors,
             "resyncs": dec.resyncs,
             "bytes_skipped": dec.bytes_skipped,
@@ -141,6 +300,7 @@ class Pipeline:
             "reconnects": acq.reconnects,
             "reconnecting": not acq.connected and not acq.ended and self.acquisition.alive and acq.frames > 0,
             "ring_fill": self.ring.fill,
+            "ring_policy": self.ring.policy.value,
             "dsp_workers": self.dsp.n,
             "dsp_errors": self.dsp.errors,
             "reorder_depth": self.sequencer.reorder_depth,
@@ -150,4 +310,13 @@ class Pipeline:
             "latency_p99_ms": lat[99],
             "recording": str(recorder.path) if recorder else "",
             "recorded_frames": recorder.frames if recorder else 0,
+            "classified": self._classified,
+            "backend": self._backend_name() if self.batcher else "none",
+            "batch_mean": batch.get("mean_batch", float("nan")),
+            "batch_queue_delay_p99_ms": batch.get("queue_delay_ms_p99", float("nan")),
+            "instrument": self.instrument_status,
         }
+        if self.last_class:
+            snapshot["last_class"], snapshot["last_confidence"] = self.last_class
+        snapshot.update({k: v for k, v in pub.items() if isinstance(v, (int, float))})
+        return snapshot

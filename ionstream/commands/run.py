@@ -76,11 +76,10 @@ def build_config(args: argparse.Namespace):
 
 
 class SignalHandler:
-    """First SIGINT/SIGTERM asks for a clean stop; a second one exits at once. SIGHUP calls on_reload."""
+    """First SIGINT/SIGTERM asks for a clean stop; a second one exits at once. SIGHUP asks for a reload."""
 
-    def __init__(self, on_reload=None):
+    def __init__(self) -> None:
         self.stop_requested = threading.Event()
-        self._on_reload = on_reload
         self.reload_requested = threading.Event()
 
     def install(self) -> None:

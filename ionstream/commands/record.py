@@ -55,8 +55,15 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
     # Recording must not lose frames to a slow disk silently: block, so the loss (if any)
     # happens at the device and shows up as sequence gaps in `capture info`.
     ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), "block")
-    recorder = Recorder(ring, out, {"source": source.describe(), "mode": "record"},
-                        fsync_interval_s=config.capture.fsync_interval_s, compress=config.capture.compress)
+    try:
+        recorder = Recorder(ring, out, {"source": source.describe(), "mode": "record"},
+                            fsync_interval_s=config.capture.fsync_interval_s, compress=config.capture.compress)
+    except FileExistsError:
+        log.error("%s already exists; captures are never overwritten: choose another name", out)
+        return 2
+    except OSError as exc:
+        log.error("cannot create %s: %s", out, exc.strerror)
+        return 2
     acquisition = AcquisitionThread(source, ring)
     recorder.start()
     acquisition.start()

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from instrument.frames import Calibration
+from instrument.frames import Calibration, FrameHeader
 from instrument.ring import Slot
 
 EMPTY_PEAKS = {
@@ -71,9 +71,10 @@ class ScanWork:
         self._spectrum_pool = spectrum_pool
 
     def __call__(self, slot: Slot) -> ProcessedScan:
-        h = slot.header
-        samples = slot.samples()
-        mz = slot.mz_axis()
+        return self.process(slot.header, slot.samples(), slot.mz_axis())
+
+    def process(self, h: FrameHeader, samples: np.ndarray, mz: np.ndarray | None) -> ProcessedScan:
+        """One scan: ``samples`` as the frame carries them, ``mz`` its explicit axis or None (TOF)."""
         if mz is None:
             mz = self._axes.get(h.calibration, h.n_samples)
         result = self._dsp.process(mz, samples)  # views into the processor's reused buffers

@@ -510,11 +510,14 @@ class DeviceFeaturizer:
         return out[:rows]
 
     def free(self) -> None:
+        """Release everything (with ``ctx`` active, in its thread)."""
         self.stream.synchronize()
         for buf in [self.dev_in, self.dev_out, *self._consts]:
             buf.free()
         for arr in (self.host_in, self.host_out):
             arr.base.free()
+        self.stream = self.module = self._bin = self._norm = None
+        self._consts = []
 
 
 class GpuNormaliser(StreamBackend):
@@ -540,6 +543,9 @@ class GpuNormaliser(StreamBackend):
     def _prepare_gpu(self, ctx: CudaContext) -> None:
         module = compile_kernels(ctx)
         self._modules[ctx.index] = module.get_function("normalise")
+
+    def _release_gpu(self, ctx: CudaContext) -> None:
+        self._modules.pop(ctx.index, None)
 
     def _execute(self, slot: StreamSlot, n: int) -> None:
         s = self.spec

@@ -1,0 +1,200 @@
+"""`ionstream bench infer`: classifier throughput and latency, batched vs one spectrum per call.
+
+All figures come from one run on one backend (default: the one ``auto`` picks; on a CPU machine
+ONNX Runtime), on feature vectors of fresh simulator spectra:
+
+1. naive loop: ``backend.predict`` on one spectrum per call, back to back (the baseline);
+2. batch sweep: ``predict`` on batches of 1, 2, 4, ... max-batch (throughput, ms per batch);
+3. micro-batcher: the daemon's path (``MicroBatcher``, max batch and max queue delay as
+   configured) under a closed-loop load of ``2 x max-batch`` outstanding spectra (what Triton's
+   perf_analyzer calls concurrency): throughput, and the queue delay batching added to each
+   spectrum (p50/p99/max);
+4. precisions: FP16 and INT8 graphs of the bundle on the same backend (ONNX Runtime CPU here):
+   top-1 on the fresh spectra against FP32, and their batch throughput against FP32's.
+
+Figures (``--json``): batched_speedup (micro-batcher throughput / naive loop throughput),
+throughput_per_s, naive_throughput_per_s, p99_added_delay_ms, p50_added_delay_ms,
+observed_max_delay_ms, max_delay_ms (the configured maximum), mean_batch, batch_speedup_max
+(raw predict at max batch vs batch 1), fp32_top1, fp16_top1, int8_top1, fp16/int8 top1_loss_points,
+fp16_speedup, int8_speedup (batch throughput vs FP32), and a ``detail`` dict.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import numpy as np
+
+HELP = "classifier throughput/latency: micro-batched vs one spectrum per call, FP32/FP16/INT8"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="model bundle directory (default: the shipped one)")
+    p.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--spectra", type=int, default=1000, help="fresh simulator spectra (accuracy figures)")
+    p.add_argument("--seconds", type=float, default=2.0, help="duration of each timed phase (s)")
+    p.add_argument("--seed", type=int, default=31337)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+
+
+def _features(bundle, n, seed):
+    from dsp.features import FeatureExtractor
+    from instrument.spectrum_model import CLASS_LABELS, default_model, random_spectrum
+
+    rng = np.random.default_rng(seed)
+    model = default_model()
+    ex = FeatureExtractor(bundle.feature_spec)
+    X = np.empty((n, bundle.feature_spec.bins), np.float32)
+    y = np.empty(n, np.int64)
+    for i in range(n):
+        intensity, truth = random_spectrum(i % len(CLASS_LABELS), rng)
+        ex(model.axis, intensity, out=X[i])
+        y[i] = truth.label
+    return X, y
+
+
+def _timed(fn, seconds):
+    """Call fn() repeatedly for about ``seconds``; returns (calls, elapsed s)."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n, dt
+
+
+def _naive(backend, X, seconds):
+    i = [0]
+    lat = []
+
+    def one():
+        k = i[0] % len(X)
+        t = time.perf_counter_ns()
+        backend.predict(X[k:k + 1])
+        lat.append(time.perf_counter_ns() - t)
+        i[0] += 1
+
+    n, dt = _timed(one, seconds)
+    lat = np.array(lat[1:]) / 1e6
+    return n / dt, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def _sweep(backend, X, max_batch, seconds):
+    out = {}
+    b = 1
+    sizes = []
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch)
+    for b in sizes:
+        batch = np.ascontiguousarray(X[:b])
+        n, dt = _timed(lambda: backend.predict(batch), seconds / len(sizes) * 2)
+        out[b] = {"throughput_per_s": n * b / dt, "ms_per_batch": dt / n * 1e3}
+    return out
+
+
+def _batcher(make_backend, X, max_batch, max_delay_ms, seconds):
+    from inference.batcher import MicroBatcher
+
+    window = threading.Semaphore(2 * max_batch)
+    done = [0]
+
+    def on_result(r):
+        done[0] += 1
+        window.release()
+
+    b = MicroBatcher(make_backend, n_features=X.shape[1], max_batch=max_batch, max_delay_ms=max_delay_ms,
+                     on_result=on_result, queue_size=4 * max_batch)
+    b.start()
+    n = len(X)
+    # warm-up
+    for i in range(4 * max_batch):
+        window.acquire()
+        b.submit(i, X[i % n])
+    while done[0] < 4 * max_batch:
+        time.sleep(0.001)
+    b._n_delays = 0
+    b.max_queue_delay_ns = 0
+    start_done, i = done[0], 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        window.acquire()
+        b.submit(i, X[i % n])
+        i += 1
+    b.stop()
+    dt = time.perf_counter() - t0
+    st = b.stats()
+    delays = b.queue_delays_ns() / 1e6
+    return {"throughput_per_s": (done[0] - start_done) / dt, "p50_added_delay_ms": float(np.percentile(delays, 50)),
+            "p99_added_delay_ms": float(np.percentile(delays, 99)), "observed_max_delay_ms": float(delays.max()),
+            "mean_batch": st["mean_batch"], "batch_hist": st["batch_hist"], "dropped": st["dropped"]}
+
+
+def run(args, progress) -> dict:
+    from inference.backend import open_backend
+    from inference.bundle import load_bundle
+
+    bundle = load_bundle(args.model or None)
+    opts = {"intra_op_threads": args.threads} if args.backend != "tensorrt" else {}
+    progress(f"fresh spectra: {args.spectra} (seed {args.seed})")
+    X, y = _features(bundle, args.spectra, args.seed)
+    res: dict = {}
+    detail: dict = {}
+    backend = open_backend(bundle, args.backend, max_batch=max(args.max_batch, 64), **opts)
+    try:
+        res["backend"] = backend.name
+        progress(f"naive loop ({backend.name}, one spectrum per call)")
+        naive, p50, p99 = _naive(backend, X, args.seconds)
+        res["naive_throughput_per_s"] = naive
+        detail["naive_latency_ms_p50"], detail["naive_latency_ms_p99"] = p50, p99
+        progress("batch sweep")
+        sweep = _sweep(backend, X, args.max_batch, args.seconds)
+        detail["sweep"] = sweep
+        res["batch_speedup_max"] = sweep[args.max_batch]["throughput_per_s"] / sweep[1]["throughput_per_s"]
+        probs = np.concatenate([backend.predict(X[i:i + 64]) for i in range(0, len(X), 64)])
+        res["fp32_top1"] = float((probs.argmax(1) == y).mean())
+    finally:
+        backend.close()
+
+    progress(f"micro-batcher (max batch {args.max_batch}, max delay {args.max_delay_ms} ms, "
+             f"{2 * args.max_batch} outstanding)")
+    mb = _batcher(lambda: open_backend(bundle, args.backend, max_batch=args.max_batch, **opts), X,
+                  args.max_batch, args.max_delay_ms, args.seconds * 1.5)
+    res["throughput_per_s"] = mb.pop("throughput_per_s")
+    res["batched_speedup"] = res["throughput_per_s"] / naive
+    res["max_delay_ms"] = args.max_delay_ms
+    res.update({k: mb[k] for k in ("p50_added_delay_ms", "p99_added_delay_ms", "observed_max_delay_ms",
+                                   "mean_batch")})
+    detail["batcher_hist"] = mb["batch_hist"]
+
+    fp32_tp = sweep[args.max_batch]["throughput_per_s"]
+    for precision in ("fp16", "int8"):
+        if precision not in bundle.files:
+            progress(f"{precision}: not in this bundle (tools/quantize_model.py makes it)")
+            continue
+        progress(f"{precision} graph")
+        be = open_backend(bundle, args.backend, precision=precision, max_batch=max(args.max_batch, 64), **opts)
+        try:
+            p = np.concatenate([be.predict(X[i:i + 64]) for i in range(0, len(X), 64)])
+            batch = np.ascontiguousarray(X[:args.max_batch])
+            n, dt = _timed(lambda: be.predict(batch), args.seconds)
+            tp = n * args.max_batch / dt
+            batch1 = np.ascontiguousarray(X[:1])
+            n1, dt1 = _timed(lambda: be.predict(batch1), args.seconds / 2)
+        finally:
+            be.close()
+        res[f"{precision}_top1"] = float((p.argmax(1) == y).mean())
+        res[f"{precision}_top1_loss_points"] = 100 * (res["fp32_top1"] - res[f"{precision}_top1"])
+        res[f"{precision}_agreement"] = float((p.argmax(1) == probs.argmax(1)).mean())
+        res[f"{precision}_max_abs_prob_diff"] = float(np.abs(p - probs).max())
+        res[f"{precision}_speedup"] = tp / fp32_tp
+        res[f"{precision}_speedup_batch1"] = (n1 / dt1) / sweep[1]["throughput_per_s"]
+        detail[f"{precision}_throughput_per_s"] = tp
+    res["detail"] = detail
+    return res

@@ -1,0 +1,624 @@
+# cython: language_level=3
+"""Inline nogil cores shared by the DSP kernels (cext/peaks.pyx, smooth.pyx, baseline.pyx, scan.pyx).
+
+Everything here is ``cdef inline ... noexcept nogil`` and trusts its arguments: the callers validate.
+
+Peak finding follows ``scipy.signal.find_peaks`` exactly. The local-maximum scan, the distance
+selection, the prominence walks and the width walks are adapted from SciPy's
+``scipy/signal/_peak_finding_utils.pyx`` (BSD-3-Clause; Copyright (c) 2001-2002 Enthought, Inc.,
+2003-2024 SciPy Developers; see https://github.com/scipy/scipy/blob/main/LICENSE.txt). What is ours:
+
+* block summaries (min and max of every 64-sample block and every 4096-sample superblock) let a walk
+  jump over a whole block when no sample in it can stop or change the walk, so a walk's cost is
+  O(64 + distance / 64) instead of O(distance); the result is the same sample by sample;
+* a plateau start whose value is below a per-block bound cannot be a kept peak (height bound, and
+  the prominence bound ``x[p] - max(min(x[:p+1]), min(x[p:]))`` >= prominence), so blocks whose
+  maximum is below the bound are skipped without looking at their samples;
+* the arithmetic that SciPy does in float64 (prominence, contour height, interpolated positions) is
+  done in double on float32 input too, so float32 input gives the peaks and properties SciPy gives
+  for ``x.astype(float64)``, bit for bit.
+
+Inputs containing NaN disable the jumps and the bounds (``accel = 0``); the walks then are SciPy's,
+sample by sample, so NaN handling is SciPy's too.
+"""
+
+from libc.math cimport ceil, sqrt, log, exp, fabs, INFINITY, NAN
+from libc.string cimport memcpy
+
+ctypedef fused real_t:
+    float
+    double
+
+cdef enum:
+    BLK_SHIFT = 6
+    BLK = 64
+    SUP_SHIFT = 12
+    SUP = 4096
+
+# One peak as the kernels produce it; field order and types match PEAK_RECORD_DTYPE in peaks.pyx.
+cdef struct PeakRec:
+    Py_ssize_t index
+    Py_ssize_t left_edge
+    Py_ssize_t right_edge
+    Py_ssize_t left_base
+    Py_ssize_t right_base
+    double height
+    double left_threshold
+    double right_threshold
+    double prominence
+    double width
+    double width_height
+    double left_ip
+    double right_ip
+
+# The conditions of find_peaks, unpacked (has_* = 0: open border).
+cdef struct Conds:
+    int has_psmin, has_psmax
+    double psmin, psmax
+    int has_hmin, has_hmax
+    double hmin, hmax
+    int has_tmin, has_tmax
+    double tmin, tmax
+    int need_prom
+    Py_ssize_t wlen
+    int has_pmin, has_pmax
+    double pmin, pmax
+    int need_width
+    double rel_height
+    int has_wmin, has_wmax
+    double wmin, wmax
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector min/max (GCC/Clang vector extensions: SSE2 on x86-64, NEON on aarch64; no -ffast-math)
+# ---------------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    typedef float ion_v4f __attribute__((vector_size(16)));
+    typedef int ion_v4i __attribute__((vector_size(16)));
+    typedef double ion_v2d __attribute__((vector_size(16)));
+    typedef long long ion_v2l __attribute__((vector_size(16)));
+
+    /* min and max of p[0..n), n >= 1; *nan |= 1 if any element is NaN (then min/max are undefined). */
+    static inline void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) {
+        Py_ssize_t i = 0;
+        float a, b;
+        if (n >= 16) {
+            ion_v4f lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3, v;
+            ion_v4i bad = {0, 0, 0, 0}, m;
+            __builtin_memcpy(&lo0, p, 16); __builtin_memcpy(&lo1, p + 4, 16);
+            __builtin_memcpy(&lo2, p + 8, 16); __builtin_memcpy(&lo3, p + 12, 16);
+            hi0 = lo0; hi1 = lo1; hi2 = lo2; hi3 = lo3;
+            bad |= (lo0 != lo0) | (lo1 != lo1) | (lo2 != lo2) | (lo3 != lo3);
+    #define ION_STEP_F(K, LO, HI) \\
+            __builtin_memcpy(&v, p + i + K, 16); \\
+            bad |= (v != v); \\
+            m = (v < LO); LO = (ion_v4f)(((ion_v4i)v & m) | ((ion_v4i)LO & ~m)); \\
+            m = (v > HI); HI = (ion_v4f)(((ion_v4i)v & m) | ((ion_v4i)HI & ~m));
+            for (i = 16; i + 16 <= n; i += 16) {
+                ION_STEP_F(0, lo0, hi0) ION_STEP_F(4, lo1, hi1) ION_STEP_F(8, lo2, hi2) ION_STEP_F(12, lo3, hi3)
+            }
+    #undef ION_STEP_F
+            m = (lo1 < lo0); lo0 = (ion_v4f)(((ion_v4i)lo1 & m) | ((ion_v4i)lo0 & ~m));
+            m = (lo3 < lo2); lo2 = (ion_v4f)(((ion_v4i)lo3 & m) | ((ion_v4i)lo2 & ~m));
+            m = (lo2 < lo0); lo0 = (ion_v4f)(((ion_v4i)lo2 & m) | ((ion_v4i)lo0 & ~m));
+            m = (hi1 > hi0); hi0 = (ion_v4f)(((ion_v4i)hi1 & m) | ((ion_v4i)hi0 & ~m));
+            m = (hi3 > hi2); hi2 = (ion_v4f)(((ion_v4i)hi3 & m) | ((ion_v4i)hi2 & ~m));
+            m = (hi2 > hi0); hi0 = (ion_v4f)(((ion_v4i)hi2 & m) | ((ion_v4i)hi0 & ~m));
+            a = lo0[0]; b = hi0[0];
+            for (int k = 1; k < 4; k++) { if (lo0[k] < a) a = lo0[k]; if (hi0[k] > b) b = hi0[k]; }
+            if (bad[0] | bad[1] | bad[2] | bad[3]) *nan = 1;
+        } else {
+            a = b = p[0];
+            if (p[0] != p[0]) *nan = 1;
+            i = 1;
+        }
+        for (; i < n; i++) {
+            float v = p[i];
+            if (v != v) *nan = 1;
+            if (v < a) a = v;
+            if (v > b) b = v;
+        }
+        *mn = a; *mx = b;
+    }
+
+    static inline void ion_minmax_d(const double *p, Py_ssize_t n, double *mn, double *mx, int *nan) {
+        Py_ssize_t i = 0;
+        double a, b;
+        if (n >= 8) {
+            ion_v2d lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3, v;
+            ion_v2l bad = {0, 0}, m;
+            __builtin_memcpy(&lo0, p, 16); __builtin_memcpy(&lo1, p + 2, 16);
+            __builtin_memcpy(&lo2, p + 4, 16); __builtin_memcpy(&lo3, p + 6, 16);
+            hi0 = lo0; hi1 = lo1; hi2 = lo2; hi3 = lo3;
+            bad |= (lo0 != lo0) | (lo1 != lo1) | (lo2 != lo2) | (lo3 != lo3);
+    #define ION_STEP_D(K, LO, HI) \\
+            __builtin_memcpy(&v, p + i + K, 16); \\
+            bad |= (v != v); \\
+            m = (v < LO); LO = (ion_v2d)(((ion_v2l)v & m) | ((ion_v2l)LO & ~m)); \\
+            m = (v > HI); HI = (ion_v2d)(((ion_v2l)v & m) | ((ion_v2l)HI & ~m));
+            for (i = 8; i + 8 <= n; i += 8) {
+                ION_STEP_D(0, lo0, hi0) ION_STEP_D(2, lo1, hi1) ION_STEP_D(4, lo2, hi2) ION_STEP_D(6, lo3, hi3)
+            }
+    #undef ION_STEP_D
+            m = (lo1 < lo0); lo0 = (ion_v2d)(((ion_v2l)lo1 & m) | ((ion_v2l)lo0 & ~m));
+            m = (lo3 < lo2); lo2 = (ion_v2d)(((ion_v2l)lo3 & m) | ((ion_v2l)lo2 & ~m));
+            m = (lo2 < lo0); lo0 = (ion_v2d)(((ion_v2l)lo2 & m) | ((ion_v2l)lo0 & ~m));
+            m = (hi1 > hi0); hi0 = (ion_v2d)(((ion_v2l)hi1 & m) | ((ion_v2l)hi0 & ~m));
+            m = (hi3 > hi2); hi2 = (ion_v2d)(((ion_v2l)hi3 & m) | ((ion_v2l)hi2 & ~m));
+            m = (hi2 > hi0); hi0 = (ion_v2d)(((ion_v2l)hi2 & m) | ((ion_v2l)hi0 & ~m));
+            a = lo0[0] < lo0[1] ? lo0[0] : lo0[1];
+            b = hi0[0] > hi0[1] ? hi0[0] : hi0[1];
+            if (bad[0] | bad[1]) *nan = 1;
+        } else {
+            a = b = p[0];
+            if (p[0] != p[0]) *nan = 1;
+            i = 1;
+        }
+        for (; i < n; i++) {
+            double v = p[i];
+            if (v != v) *nan = 1;
+            if (v < a) a = v;
+            if (v > b) b = v;
+        }
+        *mn = a; *mx = b;
+    }
+    """
+    void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) noexcept nogil
+    void ion_minmax_d(const double *p, Py_ssize_t n, double *mn, double *mx, int *nan) noexcept nogil
+
+
+cdef inline void minmax(const real_t* p, Py_ssize_t n, real_t* mn, real_t* mx, int* nan) noexcept nogil:
+    if real_t is float:
+        ion_minmax_f(p, n, mn, mx, nan)
+    else:
+        ion_minmax_d(p, n, mn, mx, nan)
+
+
+cdef inline Py_ssize_t n_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLK - 1) >> BLK_SHIFT
+
+
+cdef inline Py_ssize_t n_supers(Py_ssize_t n) noexcept nogil:
+    return (n + SUP - 1) >> SUP_SHIFT
+
+
+cdef inline int summaries(const real_t* x, Py_ssize_t n, real_t* bmin, real_t* bmax,
+                          real_t* smin, real_t* smax) noexcept nogil:
+    """Min and max of every 64-sample block and 4096-sample superblock (the last ones partial).
+
+    Returns 1 if x has a NaN (the summaries are then not to be used).
+    """
+    cdef Py_ssize_t nb = n_blocks(n), ns = n_supers(n), b, s, lo, hi
+    cdef int nan = 0
+    cdef real_t a, c
+    for b in range(nb):
+        lo = b << BLK_SHIFT
+        hi = lo + BLK
+        if hi > n:
+            hi = n
+        minmax(x + lo, hi - lo, &bmin[b], &bmax[b], &nan)
+    for s in range(ns):
+        lo = s << (SUP_SHIFT - BLK_SHIFT)
+        hi = lo + (SUP >> BLK_SHIFT)
+        if hi > nb:
+            hi = nb
+        a = bmin[lo]
+        c = bmax[lo]
+        for b in range(lo + 1, hi):
+            if bmin[b] < a:
+                a = bmin[b]
+            if bmax[b] > c:
+                c = bmax[b]
+        smin[s] = a
+        smax[s] = c
+    return nan
+
+
+# ---------------------------------------------------------------------------------------------
+# Walks (SciPy's _peak_prominences and _peak_widths loops, with block jumps)
+# ---------------------------------------------------------------------------------------------
+cdef inline Py_ssize_t _last_eq(const real_t* x, Py_ssize_t lo, Py_ssize_t hi, real_t v) noexcept nogil:
+    while hi > lo and x[hi] != v:
+        hi -= 1
+    return hi
+
+
+cdef inline Py_ssize_t _first_eq(const real_t* x, Py_ssize_t lo, Py_ssize_t hi, real_t v) noexcept nogil:
+    while lo < hi and x[lo] != v:
+        lo += 1
+    return lo
+
+
+cdef inline Py_ssize_t walk_left_base(const real_t* x, const real_t* bmin, const real_t* bmax,
+                                      const real_t* smin, const real_t* smax, int accel,
+                                      Py_ssize_t peak, Py_ssize_t i_min, real_t* out_min) noexcept nogil:
+    """SciPy's left-base search: from ``peak`` down to ``i_min`` while ``x[i] <= x[peak]``.
+
+    Returns the base (the rightmost position of the minimum) and stores the minimum.
+    """
+    cdef real_t v = x[peak], lmin = v, m
+    cdef Py_ssize_t i = peak, base = peak, b, s, j
+    while i >= i_min:
+        if accel and (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) >= i_min:
+            b = i >> BLK_SHIFT
+            if bmax[b] <= v:
+                if (b & 63) == 63 and i - (SUP - 1) >= i_min:
+                    s = b >> 6
+                    if smax[s] <= v:
+                        m = smin[s]
+                        if m < lmin:
+                            lmin = m
+                            j = b
+                            while bmin[j] != m:
+                                j -= 1
+                            base = _last_eq(x, j << BLK_SHIFT, (j << BLK_SHIFT) + BLK - 1, m)
+                        i -= SUP
+                        continue
+                m = bmin[b]
+                if m < lmin:
+                    lmin = m
+                    base = _last_eq(x, i - (BLK - 1), i, m)
+                i -= BLK
+                continue
+        m = x[i]
+        if not (m <= v):
+            break
+        if m < lmin:
+            lmin = m
+            base = i
+        i -= 1
+    out_min[0] = lmin
+    return base
+
+
+cdef inline Py_ssize_t walk_right_base(const real_t* x, const real_t* bmin, const real_t* bmax,
+                                       const real_t* smin, const real_t* smax, int accel,
+                                       Py_ssize_t peak, Py_ssize_t i_max, real_t* out_min) noexcept nogil:
+    """SciPy's right-base search: from ``peak`` up to ``i_max`` while ``x[i] <= x[peak]``.
+
+    Returns the base (the leftmost position of the minimum) and stores the minimum.
+    """
+    cdef real_t v = x[peak], rmin = v, m
+    cdef Py_ssize_t i = peak, base = peak, b, s, j
+    while i <= i_max:
+        if accel and (i & (BLK - 1)) == 0 and i + (BLK - 1) <= i_max:
+            b = i >> BLK_SHIFT
+            if bmax[b] <= v:
+                if (b & 63) == 0 and i + (SUP - 1) <= i_max:
+                    s = b >> 6
+                    if smax[s] <= v:
+                        m = smin[s]
+                        if m < rmin:
+                            rmin = m
+                            j = b
+                            while bmin[j] != m:
+                                j += 1
+                            base = _first_eq(x, j << BLK_SHIFT, (j << BLK_SHIFT) + BLK - 1, m)
+                        i += SUP
+                        continue
+                m = bmin[b]
+                if m < rmin:
+                    rmin = m
+                    base = _first_eq(x, i, i + (BLK - 1), m)
+                i += BLK
+                continue
+        m = x[i]
+        if not (m <= v):
+            break
+        if m < rmin:
+            rmin = m
+            base = i
+        i += 1
+    out_min[0] = rmin
+    return base
+
+
+cdef inline void prominence(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
+                            const real_t* smin, const real_t* smax, int accel, Py_ssize_t wlen,
+                            PeakRec* r) noexcept nogil:
+    """Prominence and bases of the peak ``r.index`` (SciPy's _peak_prominences body)."""
+    cdef Py_ssize_t peak = r.index, i_min = 0, i_max = n - 1
+    cdef real_t lmin, rmin
+    cdef double dl, dr
+    if 2 <= wlen:
+        if peak - wlen // 2 > i_min:
+            i_min = peak - wlen // 2
+        if peak + wlen // 2 < i_max:
+            i_max = peak + wlen // 2
+    r.left_base = walk_left_base(x, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
+    r.right_base = walk_right_base(x, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
+    dl = <double>lmin
+    dr = <double>rmin
+    r.prominence = (<double>x[peak]) - max(dl, dr)
+
+
+cdef inline int prominence_at_least(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
+                                    const real_t* smin, const real_t* smax, int accel, Py_ssize_t wlen,
+                                    double pmin, PeakRec* r) noexcept nogil:
+    """:func:`prominence`, but 0 as soon as the left walk shows ``prominence < pmin``.
+
+    Exact: ``fl(v - max(lmin, rmin)) <= fl(v - lmin)`` (rounding is monotone), so
+    ``fl(v - lmin) < pmin`` rejects the peak whatever the right walk finds; the right walk is skipped.
+    """
+    cdef Py_ssize_t peak = r.index, i_min = 0, i_max = n - 1
+    cdef real_t lmin, rmin
+    cdef double dl, dr, v = <double>x[peak]
+    if 2 <= wlen:
+        if peak - wlen // 2 > i_min:
+            i_min = peak - wlen // 2
+        if peak + wlen // 2 < i_max:
+            i_max = peak + wlen // 2
+    r.left_base = walk_left_base(x, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
+    dl = <double>lmin
+    if not (pmin <= v - dl):
+        return 0
+    r.right_base = walk_right_base(x, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
+    dr = <double>rmin
+    r.prominence = v - max(dl, dr)
+    return 1
+
+
+cdef inline void width(const real_t* x, const real_t* bmin, int accel, double rel_height,
+                       PeakRec* r) noexcept nogil:
+    """Width at ``rel_height`` of the prominence (SciPy's _peak_widths body); needs the bases."""
+    cdef Py_ssize_t peak = r.index, i_min = r.left_base, i_max = r.right_base, i
+    cdef double height, left_ip, right_ip
+    height = (<double>x[peak]) - r.prominence * rel_height
+    r.width_height = height
+    # left intersection
+    i = peak
+    while i_min < i:
+        if accel and (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) > i_min and height < bmin[i >> BLK_SHIFT]:
+            i -= BLK
+            continue
+        if not (height < x[i]):
+            break
+        i -= 1
+    left_ip = <double>i
+    if x[i] < height:
+        if x[i + 1] != x[i]:
+            left_ip += (height - <double>x[i]) / (<double>x[i + 1] - <double>x[i])
+    # right intersection
+    i = peak
+    while i < i_max:
+        if accel and (i & (BLK - 1)) == 0 and i + (BLK - 1) < i_max and height < bmin[i >> BLK_SHIFT]:
+            i += BLK
+            continue
+        if not (height < x[i]):
+            break
+        i += 1
+    right_ip = <double>i
+    if x[i] < height:
+        if x[i - 1] != x[i]:
+            right_ip -= (height - <double>x[i]) / (<double>x[i - 1] - <double>x[i])
+    r.width = right_ip - left_ip
+    r.left_ip = left_ip
+    r.right_ip = right_ip
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions
+# ---------------------------------------------------------------------------------------------
+cdef inline int in_interval(double v, int has_lo, double lo, int has_hi, double hi) noexcept nogil:
+    """SciPy's _select_by_property for one value: (lo <= v) and (v <= hi), open borders pass."""
+    if has_lo and not (lo <= v):
+        return 0
+    if has_hi and not (v <= hi):
+        return 0
+    return 1
+
+
+cdef inline int pre_conditions(const real_t* x, const Conds* c, PeakRec* r) noexcept nogil:
+    """plateau_size, height and threshold conditions for a fresh local maximum (fills the record)."""
+    cdef Py_ssize_t p = r.index
+    cdef double lt, rt, tlo, thi
+    r.height = <double>x[p]
+    if not in_interval(<double>(r.right_edge - r.left_edge + 1), c.has_psmin, c.psmin, c.has_psmax, c.psmax):
+        return 0
+    if not in_interval(r.height, c.has_hmin, c.hmin, c.has_hmax, c.hmax):
+        return 0
+    lt = r.height - <double>x[p - 1]
+    rt = r.height - <double>x[p + 1]
+    r.left_threshold = lt
+    r.right_threshold = rt
+    if c.has_tmin or c.has_tmax:
+        if lt != lt or rt != rt:   # np.min / np.max propagate NaN
+            tlo = NAN
+            thi = NAN
+        else:
+            tlo = lt if lt < rt else rt
+            thi = lt if lt > rt else rt
+        if c.has_tmin and not (c.tmin <= tlo):
+            return 0
+        if c.has_tmax and not (thi <= c.tmax):
+            return 0
+    return 1
+
+
+cdef inline int post_conditions(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
+                                const real_t* smin, const real_t* smax, int accel, const Conds* c,
+                                PeakRec* r) noexcept nogil:
+    """prominence and width conditions (after the distance selection, as in find_peaks)."""
+    if c.need_prom:
+        if c.has_pmin:
+            if not prominence_at_least(x, n, bmin, bmax, smin, smax, accel, c.wlen, c.pmin, r):
+                return 0
+        else:
+            prominence(x, n, bmin, bmax, smin, smax, accel, c.wlen, r)
+        if not in_interval(r.prominence, c.has_pmin, c.pmin, c.has_pmax, c.pmax):
+            return 0
+    if c.need_width:
+        width(x, bmin, accel, c.rel_height, r)
+        if not in_interval(r.width, c.has_wmin, c.wmin, c.has_wmax, c.wmax):
+            return 0
+    return 1
+
+
+cdef inline double _pbound(double pmin, double m) noexcept nogil:
+    """``pmin + m`` less a relative margin of 1e-9, so that rounding in ``x[p] - max(...)`` cannot
+    make a rejected peak one that SciPy keeps."""
+    cdef double t = pmin + m
+    return t - (1e-9 * (fabs(pmin) + fabs(m)) + 1e-300)
+
+
+cdef inline void block_bounds(const real_t* bmin, const real_t* bmax, Py_ssize_t nb, const Conds* c,
+                              int prune_prom, double* thr) noexcept nogil:
+    """Per-block lower bound on the value ``v`` of a plateau start that can still be a kept peak.
+
+    ``hmin`` if given. With ``prune_prom`` a peak is also rejected when ``v - (a lower bound of
+    max(left_min, right_min)) < pmin``; the bounds on block ``b`` (``bmin``/``bmax`` of 64-sample
+    blocks; the walks of SciPy's _peak_prominences stop at the first sample > v):
+
+    * ``min(x[:end of b])`` and ``min(x[start of b:])`` (a walk stays inside the signal);
+    * if ``bmax[b-k] > v`` (k = 1, 2) the left walk stops inside blocks ``b-k .. b`` (or at the
+      plateau), so ``left_min >= min(bmin[b-k .. b])``; at the signal's start it stops there.
+      Likewise on the right with ``bmax[b+k]``.
+
+    Each bound is a clause "v < T"; the block threshold is the largest T (a plateau whose value is
+    below it fails at least one clause).
+    """
+    cdef Py_ssize_t b
+    cdef double run, t, m, base = -INFINITY, pmin = c.pmin
+    if c.has_hmin:
+        base = c.hmin
+    for b in range(nb):
+        thr[b] = base
+    if not prune_prom:
+        return
+    # prefix minima forward (stashed in thr), then suffix minima backward
+    run = INFINITY
+    for b in range(nb):
+        if bmin[b] < run:
+            run = bmin[b]
+        thr[b] = run
+    run = INFINITY
+    for b in range(nb - 1, -1, -1):
+        if bmin[b] < run:
+            run = bmin[b]
+        m = thr[b] if thr[b] > run else run
+        t = _pbound(pmin, m)
+        thr[b] = t if t > base else base
+    # neighbouring blocks
+    for b in range(nb):
+        t = thr[b]
+        # left, k = 1
+        if b == 0:
+            m = _pbound(pmin, bmin[0])
+        else:
+            m = _pbound(pmin, bmin[b - 1] if bmin[b - 1] < bmin[b] else bmin[b])
+            if bmax[b - 1] < m:
+                m = bmax[b - 1]
+        if m > t:
+            t = m
+        # left, k = 2
+        if b >= 1:
+            run = bmin[b - 1] if bmin[b - 1] < bmin[b] else bmin[b]
+            if b == 1:
+                m = _pbound(pmin, run)
+            else:
+                if bmin[b - 2] < run:
+                    run = bmin[b - 2]
+                m = _pbound(pmin, run)
+                if bmax[b - 2] < m:
+                    m = bmax[b - 2]
+            if m > t:
+                t = m
+        # right, k = 1
+        if b == nb - 1:
+            m = _pbound(pmin, bmin[b])
+        else:
+            m = _pbound(pmin, bmin[b + 1] if bmin[b + 1] < bmin[b] else bmin[b])
+            if bmax[b + 1] < m:
+                m = bmax[b + 1]
+        if m > t:
+            t = m
+        # right, k = 2
+        if b <= nb - 2:
+            run = bmin[b + 1] if bmin[b + 1] < bmin[b] else bmin[b]
+            if b == nb - 2:
+                m = _pbound(pmin, run)
+            else:
+                if bmin[b + 2] < run:
+                    run = bmin[b + 2]
+                m = _pbound(pmin, run)
+                if bmax[b + 2] < m:
+                    m = bmax[b + 2]
+            if m > t:
+                t = m
+        thr[b] = t
+
+
+cdef inline Py_ssize_t scan_maxima(const real_t* x, Py_ssize_t n, const real_t* bmax, int use_skip,
+                                   const double* thr, Py_ssize_t* pos, Py_ssize_t* out_s,
+                                   Py_ssize_t* out_e) noexcept nogil:
+    """Next local maximum (SciPy's _local_maxima_1d) whose plateau starts at or after ``pos[0]``
+    with a value >= the start's block bound ``thr``; blocks whose max is below it are skipped.
+
+    Returns the midpoint (-1 when none is left); stores the plateau edges and advances ``pos``.
+    """
+    cdef Py_ssize_t i = pos[0], i_max = n - 1, j, b, end
+    cdef real_t xi
+    cdef double t
+    if i < 1:
+        i = 1
+    while i < i_max:
+        b = i >> BLK_SHIFT
+        t = thr[b]
+        end = (b + 1) << BLK_SHIFT
+        if end > i_max:
+            end = i_max
+        if use_skip and bmax[b] < t:
+            i = end
+            continue
+        while i < end:
+            xi = x[i]
+            if xi >= t and x[i - 1] < xi:
+                j = i + 1
+                while j < i_max and x[j] == xi:
+                    j += 1
+                if x[j] < xi:
+                    out_s[0] = i
+                    out_e[0] = j - 1
+                    pos[0] = j + 1
+                    return (i + j - 1) // 2
+            i += 1
+    pos[0] = i
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection (quickselect; Hoare partition, median-of-three pivot)
+# ---------------------------------------------------------------------------------------------
+cdef inline float select_k(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """The k-th smallest of a[0..n) (0-based); reorders a."""
+    cdef Py_ssize_t lo = 0, hi = n - 1, i, j, mid
+    cdef float pivot, t
+    while hi > lo:
+        mid = lo + (hi - lo) // 2
+        # median of three into a[mid]
+        if a[mid] < a[lo]:
+            t = a[mid]; a[mid] = a[lo]; a[lo] = t
+        if a[hi] < a[lo]:
+            t = a[hi]; a[hi] = a[lo]; a[lo] = t
+        if a[hi] < a[mid]:
+            t = a[hi]; a[hi] = a[mid]; a[mid] = t
+        pivot = a[mid]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while pivot < a[j]:
+                j -= 1
+            if i <= j:
+                t = a[i]; a[i] = a[j]; a[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return a[k]
+    return a[k]

@@ -160,9 +160,8 @@ def encode_header(doc: dict[str, Any]) -> bytes:
 
 def header_doc(fields: Mapping[str, Any], *, source: str, session: str,
                buffers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The header document without ``seq`` and ``t_pub_ns``: reserved keys first, then the
-    caller's fields, then ``buffers``. The publisher appends ``seq`` and ``t_pub_ns`` to the
-    encoded bytes with :func:`append_field` (so numbering and time stamping cost no re-encoding)."""
+    """The header as a dict without ``seq`` and ``t_pub_ns`` (what :class:`HeaderEncoder`
+    writes, for readers of this module; the encoder itself builds the bytes directly)."""
     bad = RESERVED_FIELDS.intersection(fields)
     if bad:
         raise ValueError(f"header field(s) {', '.join(sorted(bad))} are written by the publisher; "
@@ -173,9 +172,76 @@ def header_doc(fields: Mapping[str, Any], *, source: str, session: str,
     return doc
 
 
+_WIRE_DTYPES: dict[np.dtype, str] = {}
+
+
+def _wire_dtype(dtype: np.dtype) -> str | None:
+    """The type string of a dtype that may travel as it is (little-endian or 1-byte), else None."""
+    s = _WIRE_DTYPES.get(dtype)
+    if s is None:
+        if dtype.kind not in ALLOWED_KINDS or dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
+            return None
+        s = _WIRE_DTYPES[dtype] = dtype_str(np.empty(0, dtype))
+    return s
+
+
+class HeaderEncoder:
+    """Builds header bytes for one publisher session (``source`` and ``session`` fixed).
+
+    A header is assembled from pieces so that no JSON encoder runs over the parts that
+    never change or need no escaping: ``{"schema":[1,0],"source":...,"session":...`` is
+    encoded once, the caller's fields are one ``json.dumps``, and each buffer descriptor
+    is formatted directly (names are identifiers, type strings and sizes need no escaping).
+    :meth:`prepare` returns the header *open*: without ``seq``, ``t_pub_ns`` and the closing
+    brace, which :func:`close_header` (or the publisher, piece by piece) adds.
+    """
+
+    def __init__(self, source: str = "", session: str = "0000000000000000"):
+        self.source = source
+        self.session = session
+        self.prefix = (b'{"schema":[%d,%d],"source":' % SCHEMA_VERSION + _dumps(source).encode("utf-8")
+                       + b',"session":' + _dumps(session).encode("utf-8"))
+
+    def prepare(self, topic: str, fields: Mapping[str, Any],
+                arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> tuple[bytes, list[np.ndarray]]:
+        """(open header bytes, the arrays as they will travel). ValueError/TypeError name the problem."""
+        if isinstance(arrays, Mapping):
+            names = buffer_names(topic, arrays)
+            values = list(arrays.values())
+        else:
+            layout = LAYOUTS.get(topic)
+            names = layout if layout and len(layout) == len(arrays) else buffer_names(topic, arrays)
+            values = arrays
+        descriptors = []
+        wire_arrays = []
+        for array, name in zip(values, names):
+            dtype = getattr(array, "dtype", None)
+            typestr = None if dtype is None else _wire_dtype(dtype)
+            if typestr is None or type(array) is not np.ndarray or not array.flags.c_contiguous:
+                array = as_wire_array(array, name)
+                typestr = dtype_str(array)
+            shape = array.shape
+            dims = b"%d" % shape[0] if len(shape) == 1 else b",".join(b"%d" % n for n in shape)
+            descriptors.append(b'{"name":"%s","dtype":"%s","shape":[%s]}' % (name.encode(), typestr.encode(), dims))
+            wire_arrays.append(array)
+        if fields:
+            if not RESERVED_FIELDS.isdisjoint(fields):
+                header_doc(fields, source="", session="", buffers=[])  # raises, naming the keys
+            middle = b"," + encode_header(fields)[1:-1]
+        else:
+            middle = b""
+        return self.prefix + middle + b',"buffers":[' + b",".join(descriptors) + b"]", wire_arrays
+
+
+def close_header(open_header: bytes, seq: int, t_pub_ns: int | None = None) -> bytes:
+    """Finish an open header from :meth:`HeaderEncoder.prepare`: add ``seq`` (and ``t_pub_ns``)."""
+    if t_pub_ns is None:
+        return open_header + b',"seq":%d}' % seq
+    return open_header + b',"seq":%d,"t_pub_ns":%d}' % (seq, t_pub_ns)
+
+
 def append_field(header: bytes, key: str, value: int) -> bytes:
-    """Add an integer field to an encoded header without re-encoding it (the publisher's
-    ``t_pub_ns``, stamped just before sending)."""
+    """Add an integer field to an encoded (closed) header without re-encoding it."""
     return b'%s,"%s":%d}' % (header[:-1], key.encode("ascii"), value)
 
 
@@ -184,19 +250,12 @@ def encode(topic: str, fields: Mapping[str, Any], arrays: Sequence[np.ndarray] |
            t_pub_ns: int | None = None) -> list[bytes | np.ndarray]:
     """One message as its frames ``[topic, header, array, ...]`` (arrays are not copied).
 
-    The publisher does the same steps spread over two threads; this one-call form is for
-    tests, tools and the documentation's example.
+    The publisher produces the same bytes, in two steps over two threads; this one-call form
+    is for tests, tools and the documentation's example.
     """
     topic_b = check_topic(topic)
-    names = buffer_names(topic, arrays)
-    values = list(arrays.values()) if isinstance(arrays, Mapping) else list(arrays)
-    wire_arrays = [as_wire_array(a, n) for a, n in zip(values, names)]
-    buffers = [{"name": n, "dtype": dtype_str(a), "shape": list(a.shape)} for n, a in zip(names, wire_arrays)]
-    header = encode_header(header_doc(fields, source=source, session=session, buffers=buffers))
-    header = append_field(header, "seq", seq)
-    if t_pub_ns is not None:
-        header = append_field(header, "t_pub_ns", t_pub_ns)
-    return [topic_b, header, *wire_arrays]
+    open_header, wire_arrays = HeaderEncoder(source, session).prepare(topic, fields, arrays)
+    return [topic_b, close_header(open_header, seq, t_pub_ns), *wire_arrays]
 
 
 # ---- decoding ----------------------------------------------------------------------------
@@ -206,8 +265,8 @@ def check_version(header: Mapping[str, Any]) -> tuple[int, int]:
     A newer minor version is accepted (its additions are fields this reader ignores).
     """
     schema = header.get("schema")
-    if (not isinstance(schema, list) or len(schema) < 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in schema[:2])):
+    if (type(schema) is not list or len(schema) < 2
+            or type(schema[0]) is not int or type(schema[1]) is not int):
         raise WireError(f"header field 'schema' must be [major, minor], got {schema!r}")
     major, minor = schema[0], schema[1]
     if major != SCHEMA_VERSION[0]:
@@ -217,7 +276,13 @@ def check_version(header: Mapping[str, Any]) -> tuple[int, int]:
     return major, minor
 
 
+_DTYPE_CACHE: dict[str, np.dtype] = {}
+
+
 def _parse_dtype(spec: Any, i: int) -> np.dtype:
+    dtype = _DTYPE_CACHE.get(spec) if isinstance(spec, str) else None
+    if dtype is not None:
+        return dtype
     if not isinstance(spec, str) or len(spec) < 3 or spec[0] not in "<>|":
         raise WireError(f"buffers[{i}].dtype must be a type string like '<f8', got {spec!r}")
     try:
@@ -226,17 +291,19 @@ def _parse_dtype(spec: Any, i: int) -> np.dtype:
         raise WireError(f"buffers[{i}].dtype {spec!r} is not a known type string") from None
     if dtype.kind not in ALLOWED_KINDS or dtype.str[1:] != spec[1:]:
         raise WireError(f"buffers[{i}].dtype {spec!r} is not an allowed type (bool, int, uint, float, complex)")
+    if len(_DTYPE_CACHE) < 256:
+        _DTYPE_CACHE[spec] = dtype
     return dtype
 
 
-def decode_header(data: bytes | memoryview) -> dict[str, Any]:
-    """The header frame as a dict; WireError if it is not a JSON object, WireVersionError
-    for another major version."""
+def decode_header(data: Any) -> dict[str, Any]:
+    """The header frame (bytes, memoryview or zmq.Frame) as a dict; WireError if it is not a
+    JSON object, WireVersionError for another major version."""
     try:
-        header = json.loads(bytes(data))
+        header = json.loads(_bytes(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"frame 1 (header) is not UTF-8 JSON: {exc}") from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise WireError(f"frame 1 (header) must be a JSON object, got {type(header).__name__}")
     check_version(header)
     return header
@@ -251,35 +318,60 @@ def decode(frames: Sequence[Any]) -> Decoded:
     if len(frames) < 2:
         raise WireError(f"a message has at least 2 frames (topic, header), got {len(frames)}")
     try:
-        topic = bytes(_buffer(frames[0])).decode("ascii")
+        topic = _bytes(frames[0]).decode("ascii")
     except UnicodeDecodeError:
         raise WireError("frame 0 (topic) is not ASCII") from None
-    header = decode_header(_buffer(frames[1]))
+    header = decode_header(frames[1])
     specs = header.get("buffers", [])
-    if not isinstance(specs, list):
+    if type(specs) is not list:
         raise WireError(f"header field 'buffers' must be a list, got {specs!r}")
     if len(specs) != len(frames) - 2:
         raise WireError(f"header lists {len(specs)} buffer(s) but the message has {len(frames) - 2} "
                         "buffer frame(s)")
     arrays: dict[str, np.ndarray] = {}
-    for i, (spec, frame) in enumerate(zip(specs, frames[2:])):
-        if not isinstance(spec, dict):
-            raise WireError(f"buffers[{i}] must be an object, got {spec!r}")
-        name = spec.get("name", f"buf{i}")
-        if not isinstance(name, str) or name in arrays:
-            raise WireError(f"buffers[{i}].name must be a unique string, got {name!r}")
-        dtype = _parse_dtype(spec.get("dtype"), i)
-        shape = spec.get("shape")
-        if (not isinstance(shape, list)
-                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
-            raise WireError(f"buffers[{i}].shape must be a list of sizes, got {shape!r}")
-        buf = _buffer(frame)
-        expected = dtype.itemsize * math.prod(shape)
+    frombuffer = np.frombuffer
+    for i, spec in enumerate(specs):
+        try:  # the common case in few operations; anything unusual goes through _check_spec
+            name, dtype, shape = spec["name"], _DTYPE_CACHE[spec["dtype"]], spec["shape"]
+            ok = (type(name) is str and name not in arrays and type(shape) is list and len(shape) == 1
+                  and type(shape[0]) is int and shape[0] >= 0)
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            name, dtype, shape = _check_spec(spec, i, arrays)
+        frame = frames[i + 2]
+        try:
+            buf = frame.buffer  # zmq.Frame
+        except AttributeError:
+            buf = _buffer(frame)
+        expected = dtype.itemsize * (shape[0] if len(shape) == 1 else math.prod(shape))
         if len(buf) != expected:
             raise WireError(f"buffer {name!r} (frame {i + 2}) has {len(buf)} bytes; dtype {dtype.str} "
                             f"and shape {shape} need {expected}")
-        arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        array = frombuffer(buf, dtype=dtype)
+        arrays[name] = array if len(shape) == 1 else array.reshape(shape)
     return Decoded(topic, header, arrays)
+
+
+def _check_spec(spec: Any, i: int, arrays: Mapping[str, Any]) -> tuple[str, np.dtype, list[int]]:
+    """(name, dtype, shape) of one buffer descriptor, or WireError naming what is wrong."""
+    if type(spec) is not dict:
+        raise WireError(f"buffers[{i}] must be an object, got {spec!r}")
+    name = spec.get("name", f"buf{i}")
+    if type(name) is not str or name in arrays:
+        raise WireError(f"buffers[{i}].name must be a unique string, got {name!r}")
+    dtype = _parse_dtype(spec.get("dtype"), i)
+    shape = spec.get("shape")
+    if type(shape) is not list or not all(type(n) is int and n >= 0 for n in shape):
+        raise WireError(f"buffers[{i}].shape must be a list of sizes, got {shape!r}")
+    return name, dtype, shape
+
+
+def _bytes(frame: Any) -> bytes:
+    if type(frame) is bytes:
+        return frame
+    data = getattr(frame, "bytes", None)  # zmq.Frame (copies once, small frames only here)
+    return data if type(data) is bytes else bytes(_buffer(frame))
 
 
 def _buffer(frame: Any) -> memoryview:

@@ -56,9 +56,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class Settings:
     max_batch: int = 32
 
     @classmethod
-    def from_config(cls, config) -> "Settings":
+    def from_config(cls, config) -> Settings:
         """The settings the daemon would use with ``config`` (an ionstream.config.Config)."""
         dsp, inf = config.dsp, config.inference
         backend = "onnxruntime" if inf.backend == "auto" else inf.backend
@@ -137,7 +138,7 @@ class Settings:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Settings":
+    def from_dict(cls, d: dict[str, Any]) -> Settings:
         d = dict(d)
         d["xic"] = tuple(tuple(w) for w in d.get("xic", ()))
         return cls(**d)
@@ -294,7 +295,7 @@ class _Tables:
     """Buffers rows per table and writes them as Parquet row groups (one file per table)."""
 
     def __init__(self, directory: Path, metadata: dict[str, Any], n_classes: int, n_xic: int):
-        pa, pq = _pa()
+        pa, _ = _pa()
         self.dir = directory
         self._meta = {b"ionstream": json.dumps(metadata, sort_keys=True).encode()}
         self._writers: dict[str, Any] = {}
@@ -311,7 +312,7 @@ class _Tables:
         self._n_xic = n_xic
 
     def write(self, name: str, table) -> None:
-        pa, pq = _pa()
+        _, pq = _pa()
         if table.num_rows == 0 and name in self._writers:
             return
         writer = self._writers.get(name)

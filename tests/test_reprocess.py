@@ -20,9 +20,17 @@ import pytest
 pytest.importorskip("dask.distributed")
 pytest.importorskip("pyarrow")
 
-from ionstream.benchmarks.reprocess import write_sim_capture  # noqa: E402
-from ionstream.reprocess import (Settings, capture_identity, classifier_loads, find_captures,  # noqa: E402
-                                 output_names, read_results, reprocess, settings_hash)
+from ionstream.benchmarks.reprocess import write_sim_capture
+from ionstream.reprocess import (
+    Settings,
+    capture_identity,
+    classifier_loads,
+    find_captures,
+    output_names,
+    read_results,
+    reprocess,
+    settings_hash,
+)
 
 SCANS = 200
 SAMPLES = 4096
@@ -285,15 +293,15 @@ def test_corrupt_captures_are_reported_and_the_rest_finish(captures, cluster, tm
 
 @needs_dsp
 def test_cli_on_an_existing_scheduler(captures, cluster, tmp_path):
-    client, cluster_ = cluster
+    _, cluster_ = cluster
     bad = tmp_path / "bad.isc"
     bad.write_bytes(b"garbage")
     cmd = [sys.executable, "-m", "ionstream.cli", "reprocess", str(captures[0]), str(bad), "--out",
            str(tmp_path / "out"), "--scheduler", cluster_.scheduler_address]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr  # one capture failed; the other finished
     assert "1 done, 0 skipped, 1 failed" in proc.stdout
     assert "NotACaptureError" in proc.stderr and "dashboard" in proc.stderr.lower()
     assert (tmp_path / "out" / "run0" / "done.json").exists()
-    proc = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd[:5] + cmd[6:], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "0 done, 1 skipped, 0 failed" in proc.stdout, proc.stderr

@@ -622,3 +622,88 @@ cdef inline float select_k(float* a, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
         else:
             return a[k]
     return a[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# Symmetric correlation (smoothing): y[i] = c[0] x[i] + sum_{k=h..1} c[k] (x[i-k] + x[i+k])
+# (ndimage's symmetric-weights loop, outermost pair first)
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    MODE_REFLECT = 0     # d c b a | a b c d | d c b a   (ndimage 'reflect', 'grid-mirror')
+    MODE_MIRROR = 1      # d c b | a b c d | c b a       (ndimage 'mirror')
+    MODE_NEAREST = 2     # a a a | a b c d | d d d
+    MODE_WRAP = 3        # a b c d | a b c d | a b c d
+    MODE_CONSTANT = 4    # k k k | a b c d | k k k
+    MODE_INTERP = 5      # savgol_filter's polynomial fit over the first/last window
+
+
+cdef inline Py_ssize_t _pmod(Py_ssize_t a, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t r = a % m
+    return r + m if r < 0 else r
+
+
+cdef inline real_t ext_at(const real_t* x, Py_ssize_t n, Py_ssize_t j, int mode, real_t cval) noexcept nogil:
+    """x extended beyond [0, n) by ``mode``."""
+    if 0 <= j < n:
+        return x[j]
+    if mode == MODE_REFLECT:
+        j = _pmod(j, 2 * n)
+        if j >= n:
+            j = 2 * n - 1 - j
+    elif mode == MODE_MIRROR:
+        if n == 1:
+            return x[0]
+        j = _pmod(j, 2 * n - 2)
+        if j >= n:
+            j = 2 * n - 2 - j
+    elif mode == MODE_NEAREST:
+        j = 0 if j < 0 else n - 1
+    elif mode == MODE_WRAP:
+        j = _pmod(j, n)
+    else:
+        return cval
+    return x[j]
+
+
+cdef inline void conv_interior(const real_t* x, real_t* y, Py_ssize_t lo, Py_ssize_t hi,
+                               const real_t* c, Py_ssize_t h) noexcept nogil:
+    """y[lo:hi] for lo >= h and hi <= n - h (no boundary); x and y must not overlap."""
+    cdef Py_ssize_t i, k
+    cdef real_t ck
+    if h == 0:
+        for i in range(lo, hi):
+            y[i] = x[i] * c[0]
+        return
+    ck = c[0]
+    for i in range(lo, hi):
+        y[i] = x[i] * ck
+    for k in range(h, 0, -1):
+        ck = c[k]
+        for i in range(lo, hi):
+            y[i] += (x[i - k] + x[i + k]) * ck
+
+
+cdef inline real_t conv_at(const real_t* x, Py_ssize_t n, Py_ssize_t i, const real_t* c, Py_ssize_t h,
+                           int mode, real_t cval) noexcept nogil:
+    """One output near the boundary, with x extended by ``mode``."""
+    cdef Py_ssize_t k
+    cdef real_t acc = x[i] * c[0]
+    for k in range(h, 0, -1):
+        acc += (ext_at(x, n, i - k, mode, cval) + ext_at(x, n, i + k, mode, cval)) * c[k]
+    return acc
+
+
+cdef inline void conv_edges_interp(const real_t* x, Py_ssize_t n, real_t* y, Py_ssize_t h,
+                                   const double* left, const double* right) noexcept nogil:
+    """savgol 'interp' edges: y[:h] = left @ x[:w], y[n-h:] = right @ x[n-w:], w = 2h+1 (n >= w)."""
+    cdef Py_ssize_t w = 2 * h + 1, r, j
+    cdef double acc
+    for r in range(h):
+        acc = 0.0
+        for j in range(w):
+            acc += left[r * w + j] * <double>x[j]
+        y[r] = <real_t>acc
+        acc = 0.0
+        for j in range(w):
+            acc += right[r * w + j] * <double>x[n - w + j]
+        y[n - h + r] = <real_t>acc

@@ -439,12 +439,10 @@ class _CaptureRun:
                                                                        probs.shape[1])}
             t.write("classes", pa.Table.from_pydict(cols, schema=t.schemas["classes"]))
             self.counts["classified"] += len(top)
-        if self._events:
-            table = pa.Table.from_pylist(self._events)
-            if self._events_schema is None:
-                self._events_schema = table.schema
-            else:
-                table = table.cast(self._events_schema)
+        if final and self._events:  # few per capture: kept to the end, so one schema covers every kind
+            keys = list(dict.fromkeys(k for e in self._events for k in e))  # every field of every kind
+            table = pa.Table.from_pydict({k: [e.get(k) for e in self._events] for k in keys})
+            self._events_schema = table.schema
             t.write("events", table)
             self.counts["events"] += len(self._events)
             self._events = []

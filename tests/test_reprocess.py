@@ -305,3 +305,25 @@ def test_cli_on_an_existing_scheduler(captures, cluster, tmp_path):
     assert (tmp_path / "out" / "run0" / "done.json").exists()
     proc = subprocess.run(cmd[:5] + cmd[6:], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "0 done, 1 skipped, 0 failed" in proc.stdout, proc.stderr
+
+
+@needs_dsp
+def test_in_process_without_classifier_or_windows(captures, tmp_path):
+    """process_capture is a plain function: no cluster needed; every table exists, typed, with metadata."""
+    import pyarrow.parquet as pq
+
+    from ionstream.reprocess import plan, process_capture
+
+    s = Settings(backend="none")
+    resolved = s.resolved()
+    tasks, rows = plan(captures[:1], tmp_path, settings_hash(resolved), resolved, s)
+    assert rows == [] and len(tasks) == 1
+    row = process_capture(tasks[0])
+    assert row["status"] == "done" and row["scans"] == SCANS and row["classified"] == 0, row
+    res = read_results(tmp_path / "run0")
+    assert res["classes"].num_rows == 0 and res["classes"].schema.field("probabilities").type.value_type == "float"
+    assert res["scans"].column("xic").to_pylist() == [[]] * SCANS
+    assert str(res["peaks"].schema.field("mz").type) == "double" and str(res["peaks"].schema.field("snr").type) == "float"
+    meta = json.loads(pq.read_schema(tmp_path / "run0" / "peaks.parquet").metadata[b"ionstream"])
+    assert meta["settings"]["backend"] == "none" and meta["capture_identity"] == capture_identity(captures[0])
+    assert res["done"]["key"] == tasks[0]["key"]

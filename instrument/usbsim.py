@@ -67,6 +67,8 @@ class UsbDeviceSpec:
     kernel_driver: a kernel driver holds the interface until detached.
     permission_denied: opening the device fails with EACCES (pyusb backend only: the umockdev
         test bed runs as root, which no file mode stops).
+    sysfs_strings: the umockdev test bed puts manufacturer/product/serial in /sys too (as the
+        kernel does); without them, readers must ask the device (string descriptors).
     loop: when the tape ends, start it again; else send nothing more (reads time out).
     """
 
@@ -92,6 +94,7 @@ class UsbDeviceSpec:
     pause_after: int = 0
     pause_s: float = 0.0
     permission_denied: bool = False
+    sysfs_strings: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

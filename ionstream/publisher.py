@@ -32,7 +32,7 @@ Buffer lifetime (zero-copy)
 Arrays of ``copy_threshold`` bytes or more (default 64 KiB, pyzmq's own threshold) are sent
 without a copy: ZeroMQ reads them in its I/O thread after ``publish()`` has returned, while
 a reference held by the message keeps the memory alive. Smaller arrays are copied inside
-``publish()`` (``ndarray.tobytes``, well under a microsecond for a 4 KiB peak list), and
+``publish()`` (``ndarray.tobytes``, a microsecond or two for a few-KiB peak list), and
 the caller may reuse them as soon as it returns.
 
 A reference keeps memory alive, but does not stop the caller writing into it. So a caller
@@ -43,11 +43,12 @@ if the message was dropped or had no zero-copy arrays. The caller must not write
 arrays before then. :class:`BufferPool` does this bookkeeping. A caller whose arrays are
 fresh for each message passes no ``release``: nothing else is needed.
 
-Why this split (measured with ``ionstream bench zmq``, see docs/wire.md § Zero-copy):
-copying a 256-512 KiB spectrum costs a fresh ``mmap``'d allocation and its page faults per
-message, several times the cost of the zero-copy send; for a few-KiB peak list the copy is
-cheaper than the tracking. The daemon's processed spectra come from a BufferPool, so a
-stuck subscriber costs pool misses (counted, allocation instead of reuse), never a wait.
+Why this split (docs/wire.md § 12 has the figures): a tracked zero-copy frame costs a round
+trip through pyzmq's garbage-collector thread, 15-20 us, against 2-3 us to copy a
+1.6 KiB peak list; a 256-512 KiB spectrum costs 180-390 us to copy (a fresh allocation and
+its page faults) against ~15 us zero-copy. The daemon's processed spectra come from a
+BufferPool, so a stuck subscriber costs pool misses (counted, allocation instead of
+reuse), never a wait.
 """
 from __future__ import annotations
 

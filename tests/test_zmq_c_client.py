@@ -101,7 +101,10 @@ def test_decodes_what_the_publisher_sent(csub):
 
 
 def test_decodes_the_worked_example_of_the_document(csub):
-    from test_wire import _doc_example
+    try:
+        from test_wire import _doc_example
+    except ImportError:  # tests/ collected as a package
+        from tests.test_wire import _doc_example
 
     frames = _doc_example()
     with zmq.Context.instance().socket(zmq.XPUB) as raw:

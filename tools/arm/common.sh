@@ -167,11 +167,13 @@ EOF
 # [build-system].requires.
 arm_make_crossenv() {
     ARM_XENV=$ARM_CACHE/xenv
-    local bp stamp want
+    local bp stamp want reqs
     bp=$(arm_build_python)
+    mapfile -t reqs < <("$bp" -c 'import tomllib, sys
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$ARM_REPO/pyproject.toml")
     stamp=$ARM_XENV/.ionstream-xenv
-    want="crossenv=$ARM_CROSSENV_VERSION build=$bp $(sha256sum "$ARM_REPO/pyproject.toml" | cut -c1-16) \
-$(sha256sum "$ARM_SYSROOT/.ionstream-sysroot" | cut -c1-16)"
+    want="crossenv=$ARM_CROSSENV_VERSION build=$bp requires=${reqs[*]} \
+sysroot=$(sha256sum "$ARM_SYSROOT/.ionstream-sysroot" | cut -c1-16)"
     if [[ ${ARM_REFRESH:-0} != 1 && -f $stamp && $(cat "$stamp") == "$want" ]]; then
         arm_log "crossenv: cached ($ARM_XENV)"; return 0
     fi
@@ -185,9 +187,6 @@ $(sha256sum "$ARM_SYSROOT/.ionstream-sysroot" | cut -c1-16)"
     "$ARM_CACHE/tools/bin/python" -m crossenv --sysroot "$ARM_SYSROOT" \
         "$ARM_SYSROOT/usr/bin/python$ARM_PYVER" "$ARM_XENV" >>"$ARM_LOGS/crossenv.log" 2>&1 \
         || arm_die "crossenv failed (see $ARM_LOGS/crossenv.log)"
-    local reqs
-    mapfile -t reqs < <("$bp" -c 'import tomllib, sys
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$ARM_REPO/pyproject.toml")
     # build side (runs on x86-64): Cython, numpy (for numpy's .pxd), setuptools, wheel
     "$ARM_XENV/bin/build-pip" install -q --disable-pip-version-check "${reqs[@]}" \
         >>"$ARM_LOGS/crossenv.log" 2>&1 || arm_die "build-pip install failed (see $ARM_LOGS/crossenv.log)"
@@ -242,8 +241,23 @@ arm_stage() {
     echo "$src"
 }
 
-# arm_python ARGS...: runs the sysroot's arm64 python under qemu-user (no binfmt needed).
-arm_python() {
-    QEMU_LD_PREFIX=$ARM_SYSROOT qemu-aarch64-static -L "$ARM_SYSROOT" \
-        "$ARM_SYSROOT/usr/bin/python$ARM_PYVER" "$@"
+# arm_emulation_shims: files qemu-user serves from the sysroot (-L remaps guest paths that exist
+# there). QEMU 7.2 (Debian 12) passes the host's x86 /proc/cpuinfo through to the guest; the
+# cpuinfo library inside onnxruntime's aarch64 wheel finds no ARM cores in it and crashes
+# (SIGSEGV on import). An ARM /proc/cpuinfo (Cortex-A72 cores, as on a Raspberry Pi 4, one per
+# host CPU) is what a board would show.
+arm_emulation_shims() {
+    mkdir -p "$ARM_SYSROOT/proc"
+    local i n
+    n=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+    for ((i = 0; i < n; i++)); do
+        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$i"
+        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n'
+        printf 'CPU revision\t: 3\n\n'
+    done >"$ARM_SYSROOT/proc/cpuinfo"
 }
+
+# "${ARM_PYTHON[@]}" ARGS...: the sysroot's arm64 python under qemu-user. qemu-aarch64-static is
+# called explicitly (containers have no binfmt_misc); -L makes the sysroot the root for the
+# dynamic loader and libraries.
+ARM_PYTHON=(qemu-aarch64-static -L "$ARM_SYSROOT" "$ARM_SYSROOT/usr/bin/python$ARM_PYVER")

@@ -200,9 +200,8 @@ def _describe_usb_error(exc: Exception) -> str:
 
 def bulk_in_endpoints(dev: Any) -> list[int]:
     """Bulk IN endpoint addresses of the device's first configuration (from cached descriptors)."""
-    import usb.util
-
     import usb.core
+    import usb.util
 
     try:
         config = dev[0]

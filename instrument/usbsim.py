@@ -100,7 +100,7 @@ class UsbDeviceSpec:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "UsbDeviceSpec":
+    def from_json(cls, text: str) -> UsbDeviceSpec:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
@@ -177,12 +177,11 @@ class UsbDeviceBehaviour:
             if (bmRequestType, bRequest) in ((0x00, _SET_CONFIGURATION), (0x01, _SET_INTERFACE),
                                              (0x02, _CLEAR_FEATURE)):
                 return b""
-            if bmRequestType & 0x60 == 0x40 and bmRequestType & 0x80 == 0:   # vendor, OUT
-                if bRequest in (REQUEST_START, REQUEST_STOP):
-                    self.vendor_requests.append((bmRequestType, bRequest, wValue, wIndex))
-                    self.streaming = bRequest == REQUEST_START
-                    self.events.append("start" if self.streaming else "stop")
-                    return b""
+            if bmRequestType & 0xE0 == 0x40 and bRequest in (REQUEST_START, REQUEST_STOP):   # vendor, OUT
+                self.vendor_requests.append((bmRequestType, bRequest, wValue, wIndex))
+                self.streaming = bRequest == REQUEST_START
+                self.events.append("start" if self.streaming else "stop")
+                return b""
             raise Stall()
 
     # ---- bulk IN ---------------------------------------------------------------------

@@ -22,10 +22,21 @@ import pytest
 from instrument.acquisition import AcquisitionThread
 from instrument.frames import encode_scan
 from instrument.ring import RingBuffer
-from instrument.sources import SourceConfigError, SourceDisconnected, SourceUnavailable, SourceURL, open_source
+from instrument.sources import (
+    SourceConfigError,
+    SourceDisconnected,
+    SourceUnavailable,
+    SourceURL,
+    open_source,
+)
 from instrument.sources.usb import UsbSource, create, parse_selector
 from instrument.usbdev import list_devices, suggest_url, udev_rule
-from instrument.usbsim import REQUEST_START, REQUEST_STOP, SimulatedBackend, UsbDeviceSpec
+from instrument.usbsim import (
+    REQUEST_START,
+    REQUEST_STOP,
+    SimulatedBackend,
+    UsbDeviceSpec,
+)
 
 N_SAMPLES = 256
 
@@ -353,8 +364,21 @@ class TestRealLibusb:
 
     def test_devices_command_json(self):
         out = subprocess.run([sys.executable, "-m", "ionstream.cli", "devices", "--json"],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr
         listing = json.loads(out.stdout.strip().splitlines()[-1])
         assert set(listing) >= {"serial", "usb", "libusb"}
         assert isinstance(listing["serial"], list) and isinstance(listing["usb"], list)
+
+
+def test_bench_usb_json():
+    """`ionstream bench usb --json` on the simulated device: the figures are there (no timed asserts)."""
+    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
+                          "--repeat", "2"], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("bare_MBps", "bare_copy_MBps", "source_MBps", "source_view_MBps", "ratio", "ratio_vs_copy",
+                "ratio_view", "per_read_overhead_us", "source_per_read_us", "bare_per_read_us"):
+        assert isinstance(figures[key], float), key
+    assert figures["source_MBps"] > 0 and figures["bare_MBps"] > 0
+    assert "simulated" in figures["device"]

@@ -48,13 +48,14 @@ def _why_not() -> str | None:
         return f"the test bed's usbdevfs struct layouts are for x86-64, this is {platform.machine()}"
     if not os.path.exists(DEBIAN_PYTHON):
         return f"{DEBIAN_PYTHON} (Debian's python3, which has umockdev's GObject bindings) is missing"
-    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import gi; gi.require_version('UMockdev', '1.0'); "
-                            "from gi.repository import UMockdev"], capture_output=True, text=True)
+    code = "import gi; gi.require_version('UMockdev', '1.0'); from gi.repository import UMockdev"
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", code], capture_output=True, text=True, check=False)
     if probe.returncode:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return (f"{DEBIAN_PYTHON} cannot import gi.repository.UMockdev ({last}); "
                 "apt-get install umockdev gir1.2-umockdev-1.0 python3-gi")
-    probe = subprocess.run(["true"], env={**os.environ, "LD_PRELOAD": PRELOAD}, capture_output=True, text=True)
+    probe = subprocess.run(["true"], env={**os.environ, "LD_PRELOAD": PRELOAD}, capture_output=True, text=True,
+                           check=False)
     if "cannot be preloaded" in probe.stderr:
         return f"{PRELOAD} cannot be preloaded (apt-get install umockdev)"
     return None
@@ -96,7 +97,7 @@ class Bed:
 
     def run(self, argv: list[str], timeout: float = 45) -> dict:
         out = subprocess.run([sys.executable, *argv], env=self.env(), capture_output=True, text=True,
-                             timeout=timeout)
+                             timeout=timeout, check=False)
         if out.returncode != 0:
             self.close()
             pytest.fail(f"client failed ({out.returncode}):\n{out.stderr[-3000:]}\n"
@@ -193,3 +194,16 @@ def test_kernel_driver_and_vendor_requests(bed):
     while len(tb.events) < 4 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert tb.events == ["driver-detached", "start", "stop", "driver-attached"]
+
+
+def test_bench_usb_through_umockdev():
+    """`ionstream bench usb --umockdev`: the same loops through real libusb in a preloaded child."""
+    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
+                          "--repeat", "1", "--umockdev", "--umockdev-seconds", "0.3"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "umockdev_skipped" not in figures, figures.get("umockdev_skipped")
+    assert figures["umockdev_libusb"].startswith("libusb 1.")
+    assert figures["umockdev_source_MBps"] > 0 and figures["umockdev_bare_MBps"] > 0
+    assert isinstance(figures["umockdev_ratio"], float)

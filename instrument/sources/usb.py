@@ -36,12 +36,28 @@ from __future__ import annotations
 
 import array
 import errno
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from instrument.sources.base import Source, SourceConfigError, SourceDisconnected, SourceUnavailable, SourceURL
-from instrument.usbdev import NoLibusb, libusb_backend, permission_hint, read_strings, uses_sysfs
+import usb.core
+import usb.util
+
+from instrument.sources.base import (
+    Source,
+    SourceConfigError,
+    SourceDisconnected,
+    SourceUnavailable,
+    SourceURL,
+)
+from instrument.usbdev import (
+    NoLibusb,
+    libusb_backend,
+    permission_hint,
+    read_strings,
+    uses_sysfs,
+)
 
 log = logging.getLogger("ionstream.usb")
 
@@ -49,7 +65,7 @@ OPTIONS = {"serial", "interface", "alt", "ep", "timeout_ms", "read_size", "start
 DEFAULT_READ_SIZE = 65536
 
 
-def create(url: SourceURL, backend: Any = None) -> "UsbSource":
+def create(url: SourceURL, backend: Any = None) -> UsbSource:
     """The USB source for ``url``; ``backend`` (a pyusb backend) replaces libusb, for tests."""
     url.check_options(OPTIONS)
     return UsbSource(url, backend=backend)
@@ -164,7 +180,7 @@ class UsbSource(Source):
         self._backend = backend
         self._libusb = "simulated backend" if backend is not None else ""
         self._dev: Any = None
-        self._read = None              # the bound dev.read
+        self._transfer = None          # dev.read bound to (endpoint, buffer, timeout)
         self._ep_address = 0
         self.max_packet = 0
         self._buffer: array.array | None = None   # one per transfer size, kept across re-opens
@@ -190,8 +206,6 @@ class UsbSource(Source):
                         bus=sel.bus if sel.ports is not None else None, ports=sel.ports)
 
     def _find(self, backend: Any) -> tuple[Any, dict[str, str | None]]:
-        import usb.core
-
         wanted = self._wanted()
         try:
             candidates = list(usb.core.find(find_all=True, backend=backend, custom_match=wanted.matches))
@@ -234,8 +248,6 @@ class UsbSource(Source):
 
     # ---- Source ------------------------------------------------------------------------
     def open(self) -> None:
-        import usb.core
-
         self.close()
         backend = self._backend
         if backend is None:
@@ -253,7 +265,7 @@ class UsbSource(Source):
             self._release(dev)
             raise
         self._dev = dev
-        self._read = dev.read
+        self._transfer = functools.partial(dev.read, self._ep_address, self._buffer, self.timeout_ms)
         self._where = f"USB device {dev.idVendor:04x}:{dev.idProduct:04x} at bus {dev.bus} address {dev.address}"
         self._pending = 0
         if self._identity is None:
@@ -271,9 +283,6 @@ class UsbSource(Source):
 
     def _setup(self, dev: Any) -> None:
         """Detach a kernel driver, configure, claim, find the endpoint, size the buffer, start."""
-        import usb.core
-        import usb.util
-
         self._detached = self._started = False
         if self.detach:
             try:
@@ -313,8 +322,6 @@ class UsbSource(Source):
             self._started = True
 
     def _endpoint(self, intf: Any) -> Any:
-        import usb.util
-
         ins = [ep for ep in intf
                if usb.util.endpoint_direction(ep.bEndpointAddress) == usb.util.ENDPOINT_IN
                and usb.util.endpoint_type(ep.bmAttributes) in (usb.util.ENDPOINT_TYPE_BULK,
@@ -351,28 +358,45 @@ class UsbSource(Source):
             self._pending -= n
             self._pending_at += n
             return n
-        read = self._read
-        if read is None:
+        transfer = self._transfer
+        if transfer is None:
             raise SourceDisconnected("the USB device is not open")
         try:
-            n = read(self._ep_address, self._buffer, self.timeout_ms)
-        except Exception as exc:
+            n = transfer()                # into self._buffer, in place
+        except usb.core.USBError as exc:
             return self._read_error(exc)
         if n <= len(buf):
-            buf[:n] = view[:n]
+            buf[:n] = view if n == len(view) else view[:n]
             return n
         taken = len(buf)
         buf[:] = view[:taken]
         self._pending, self._pending_at = n - taken, taken
         return taken
 
-    def _read_error(self, exc: Exception) -> int:
-        import usb.core
+    def read_view(self) -> memoryview:
+        """Zero-copy variant of readinto(): the next transfer as a view of the source's own buffer.
 
+        Empty on a timeout. The view is valid until the next read_view()/readinto()/close();
+        errors as readinto(). (The acquisition thread calls readinto(); this is for a caller
+        that can decode straight from the source's buffer, saving one copy per transfer.)
+        """
+        view = self._view
+        if self._pending:
+            start, self._pending_at = self._pending_at, self._pending_at + self._pending
+            self._pending = 0
+            return view[start:self._pending_at]
+        transfer = self._transfer
+        if transfer is None:
+            raise SourceDisconnected("the USB device is not open")
+        try:
+            n = transfer()
+        except usb.core.USBError as exc:
+            return view[:self._read_error(exc)]
+        return view if n == len(view) else view[:n]
+
+    def _read_error(self, exc: usb.core.USBError) -> int:
         if isinstance(exc, usb.core.USBTimeoutError):
             return 0
-        if not isinstance(exc, usb.core.USBError):
-            raise exc
         if exc.errno == errno.EINTR:
             return 0
         if exc.errno == errno.EPIPE:
@@ -380,16 +404,13 @@ class UsbSource(Source):
         raise SourceDisconnected(f"{self._where}: {exc} (errno {exc.errno})") from None
 
     def close(self) -> None:
-        dev, self._dev, self._read = self._dev, None, None
+        dev, self._dev, self._transfer = self._dev, None, None
         self._pending = 0
         if dev is not None:
             self._release(dev)
 
     def _release(self, dev: Any) -> None:
         """Undo open() as far as the device still allows (it may be gone): never raises USB errors."""
-        import usb.core
-        import usb.util
-
         steps = []
         if self._started and self.stop_ctrl:
             steps.append(lambda: dev.ctrl_transfer(*self.stop_ctrl, None, 1000))

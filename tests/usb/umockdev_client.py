@@ -19,7 +19,8 @@ from instrument.sources import SourceDisconnected, SourceUnavailable, open_sourc
 
 def read_scenario(args: dict) -> dict:
     """Direct source calls: stream, a pause (timeouts), an unplug, reopen attempts, the replug."""
-    tape = open(args["tape"], "rb").read()
+    with open(args["tape"], "rb") as f:
+        tape = f.read()
     src = open_source(args["url"])
     src.open()
     out = {"describe": src.describe()}

@@ -36,7 +36,7 @@ import sys
 import gi
 
 gi.require_version("UMockdev", "1.0")
-from gi.repository import GLib, UMockdev  # noqa: E402
+from gi.repository import GLib, UMockdev
 
 
 def _ioc(direction, nr, size):

@@ -207,3 +207,29 @@ def test_bench_usb_through_umockdev():
     assert figures["umockdev_libusb"].startswith("libusb 1.")
     assert figures["umockdev_source_MBps"] > 0 and figures["umockdev_bare_MBps"] > 0
     assert isinstance(figures["umockdev_ratio"], float)
+
+
+def test_record_command_captures_frames_across_a_replug(bed, tmp_path):
+    """`ionstream record -s usb://...`, the technician's command, through real libusb into a capture file."""
+    import itertools
+
+    from instrument.capture import capture_info
+    from instrument.simulator import SimConfig, Simulator
+
+    frames = [f for f, _ in itertools.islice(Simulator(SimConfig(n_samples=8192, scan_rate_hz=0, seed=3)), 400)]
+    offsets = np.cumsum([0] + [len(f) for f in frames]).tolist()
+    cut = offsets[200] + 5000                         # inside frame 200
+    lost = offsets[230] + 11 - cut                    # back inside frame 230
+    spec = UsbDeviceSpec(loop=False, unplug_after=cut, lost_while_away=lost, replug_after_s=0.3,
+                         new_address_on_replug=False)
+    tb = bed(spec, b"".join(frames))
+    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "record", "-s", "usb://1234:5678?serial=SIM0001",
+                          "--duration", "3s", "-o", str(tmp_path / "usb.isc"), "--no-status-line"],
+                         env=tb.env(), capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "USB: using libusb 1." in out.stderr and "is back after" in out.stderr
+    info = capture_info(tmp_path / "usb.isc")
+    assert info.records == 200 + (400 - 231)          # whole frames before the cut and after the gap
+    assert info.frame_bytes == offsets[200] + offsets[400] - offsets[231]
+    assert info.crc_errors == 0 and info.invalid_records == 0 and not info.torn_tail
+    assert info.sequence_gaps == 31

@@ -354,16 +354,20 @@ class MicroBatcher:
             self.errors += n
             if self.errors <= 3 * self.max_batch or self.batches % 1000 == 0:
                 log.error("classifier batch of %d failed: %s (%d vectors failed so far)", n, error, self.errors)
-            for j in range(n):
-                self._deliver(ClassResult(keys[j], -1, None, 0.0, None, n, int(delays[j]), now - int(t_sub[j]), error))
+            for j, (d, t) in enumerate(zip(delays.tolist(), t_sub.tolist())):
+                self._deliver(ClassResult(keys[j], -1, None, 0.0, None, n, d, now - t, error))
             return
         top = probs.argmax(axis=1)
-        conf = probs[np.arange(n), top]
+        conf = probs[np.arange(n), top].tolist()
+        top = top.tolist()
+        delays_l, t_sub_l = delays.tolist(), t_sub.tolist()
         labels = self.labels
+        nl = len(labels) if labels else 0
+        deliver = self._deliver
         for j in range(n):
-            k = int(top[j])
-            self._deliver(ClassResult(keys[j], k, labels[k] if labels and k < len(labels) else None,
-                                      float(conf[j]), probs[j], n, int(delays[j]), now - int(t_sub[j])))
+            k = top[j]
+            deliver(ClassResult(keys[j], k, labels[k] if k < nl else None, conf[j], probs[j], n,
+                                delays_l[j], now - t_sub_l[j]))
         self.completed += n
 
     def _deliver(self, result: ClassResult) -> None:
@@ -413,6 +417,13 @@ class MicroBatcher:
             self.max_queue_delay_ns = m
 
     # -- observability -----------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        """Clear the distributions (batch-size histogram, queue delays, batch times); counters stay."""
+        self.batch_hist[:] = 0
+        self._n_delays = 0
+        self.max_queue_delay_ns = 0
+        self._infer_ns.clear()
+
     def queue_delays_ns(self) -> np.ndarray:
         """The most recent queue delays (ns), up to DELAY_WINDOW of them (unordered)."""
         return self._delays[:min(self._n_delays, DELAY_WINDOW)].copy()

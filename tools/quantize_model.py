@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         dst = bundle.path / FILES[precision]
         if precision == "fp16":
             convert_fp16(bundle.onnx_path, dst)
-            extra = {"converter": "onnxconverter-common float16, keep_io_types=True, Softmax kept fp32"}
+            extra = {"converter": "onnxconverter-common float16, keep_io_types=True"}
         else:
             Xc, _ = simulator_features(spec, args.calibration, args.seed, args.workers)
             quantize_int8(bundle.onnx_path, dst, Xc, input_name=name, method=args.method)

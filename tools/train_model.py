@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "inference" / "models" / "default",
                     help="bundle directory to write (default: the shipped bundle)")
     ap.add_argument("--seed", type=int, default=20240601, help="training seed (data and weights)")
-    ap.add_argument("--train", type=int, default=20000, help="training spectra")
+    ap.add_argument("--train", type=int, default=70000, help="training spectra")
     ap.add_argument("--val", type=int, default=2500, help="held-out spectra (a separate seed)")
-    ap.add_argument("--epochs", type=int, default=14)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--bins", type=int, default=2048, help="feature bins (a multiple of 1024)")

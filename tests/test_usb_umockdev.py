@@ -199,7 +199,7 @@ def test_kernel_driver_and_vendor_requests(bed):
 def test_bench_usb_through_umockdev():
     """`ionstream bench usb --umockdev`: the same loops through real libusb in a preloaded child."""
     out = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
-                          "--repeat", "1", "--umockdev", "--umockdev-seconds", "0.3"],
+                          "--repeat", "1", "--umockdev", "--umockdev-seconds", "0.3", "--testbed", str(TESTBED)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])

@@ -15,8 +15,8 @@ backend whose device is as fast as memory, so the loops measure host-side cost o
 
 The loops run in turn, ``--repeat`` times, in this process; each figure is the median.
 With ``--umockdev``, the same bare and source loops also run through real libusb against the
-umockdev test bed (tests/usb/umockdev_testbed.py: needs a checkout, Debian's python3 with
-umockdev's bindings) in a preloaded child process; those keys start with ``umockdev_``. Its
+umockdev test bed (tests/usb/umockdev_testbed.py of a checkout, or ``--testbed PATH``; Debian's
+python3 with umockdev's bindings) in a preloaded child process; those keys start with ``umockdev_``. Its
 device is a Python ioctl handler (~10-20 MB/s), so it shows that the source keeps up with the
 emulated bus, not the source's own cost.
 """
@@ -38,7 +38,12 @@ from typing import Any
 HELP = "USB source read path vs a bare pyusb read loop (simulated device; --umockdev: real libusb too)"
 
 URL = "usb://1234:5678?timeout_ms=100&read_size={read_size}"
-TESTBED = Path(__file__).resolve().parents[2] / "tests" / "usb" / "umockdev_testbed.py"
+TESTBED = Path("tests") / "usb" / "umockdev_testbed.py"   # in a repository checkout
+
+
+def _find_testbed(given: str | None) -> Path | None:
+    candidates = [Path(given)] if given else [Path(__file__).resolve().parents[2] / TESTBED, Path.cwd() / TESTBED]
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure through real libusb and the umockdev test bed")
     parser.add_argument("--umockdev-seconds", type=float, default=2.0,
                         help="seconds per loop through umockdev (default %(default)s)")
+    parser.add_argument("--testbed", metavar="PATH",
+                        help=f"the umockdev test bed script (default: {TESTBED} of this checkout or the current folder)")
 
 
 def _tape(size: int = 8 << 20) -> bytes:
@@ -172,14 +179,16 @@ def _umockdev(args: argparse.Namespace, tape: bytes, progress: Callable[[str], N
     import instrument.usbsim
     from instrument.usbsim import UsbDeviceSpec
 
-    if not TESTBED.exists():
-        return {"umockdev_skipped": f"{TESTBED} is not there (run from a repository checkout)"}
+    testbed = _find_testbed(args.testbed)
+    if testbed is None:
+        return {"umockdev_skipped": f"{args.testbed or TESTBED} not found (run from a repository checkout or "
+                                    "give --testbed)"}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, tape_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "tape.bin")
         Path(spec_path).write_text(UsbDeviceSpec().to_json())
         Path(tape_path).write_bytes(tape)
         try:
-            bed = subprocess.Popen(["/usr/bin/python3", str(TESTBED), instrument.usbsim.__file__, spec_path, tape_path],
+            bed = subprocess.Popen(["/usr/bin/python3", str(testbed), instrument.usbsim.__file__, spec_path, tape_path],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         except OSError as exc:
             return {"umockdev_skipped": f"cannot start /usr/bin/python3: {exc}"}

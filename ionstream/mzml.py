@@ -540,12 +540,13 @@ class _MzMLOut:
 
     def __init__(self, out_path: Path, *, run_id: str, start_time: str | None, source: dict[str, Any],
                  source_path: Path | None, centroided: bool, ms_levels: set[int], count: int,
-                 unique_scans: bool, processing: list[dict[str, Any]] | None = None):
+                 unique_scans: bool, processing: list[dict[str, Any]] | None = None, compress: bool = True):
         psims_writer = _require("psims.mzml.writer")
         from ionstream import __version__
 
         self.count = count
         self.centroided = centroided
+        self.compression = "zlib" if compress else "none"
         self.tic_times: list[float] = []
         self.tic_values: list[float] = []
         self.written = 0
@@ -658,7 +659,7 @@ class _MzMLOut:
             encoding["signal to noise array"] = np.float32
         w.write_spectrum(mz, intensity, id=native_id, centroided=self.centroided, polarity=polarity,
                          scan_start_time=rt_min, params=params, scan_params=scan_params,
-                         encoding=encoding, other_arrays=other or None)
+                         encoding=encoding, other_arrays=other or None, compression=self.compression)
         self.tic_times.append(rt_min)
         self.tic_values.append(tic)
         self.written += 1
@@ -751,7 +752,8 @@ def _processing_params(w_params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike, *, centroid: bool = False,
-                   dsp_params: dict[str, Any] | None = None, progress: Progress | None = None) -> ExportSummary:
+                   dsp_params: dict[str, Any] | None = None, compress: bool = True,
+                   progress: Progress | None = None) -> ExportSummary:
     """Write every SCAN frame of a capture as an mzML spectrum (profile, or centroided).
 
     Profile: the frame's samples (float32 in mzML for 16-bit samples, float64 for 32/64-bit)
@@ -760,7 +762,8 @@ def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike,
     m/z, height above baseline as intensity, and S/N as a ``signal to noise array``.
     ``scan start time`` is minutes from the capture's time origin; each ``<scan>`` also
     carries userParams with the frame's scan number, device time (ns) and sequence number.
-    A TIC chromatogram closes the run.
+    A TIC chromatogram closes the run. Arrays are zlib-compressed unless ``compress=False``
+    (about 6x faster to write for 64k-point profile spectra, files about 1.7x larger).
     """
     from instrument.capture import CaptureReader
 
@@ -785,7 +788,7 @@ def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike,
     with _atomic_output(out_path) as tmp:
         out = _MzMLOut(tmp, run_id=run_id, start_time=header.get("created"), source=source,
                        source_path=capture_path, centroided=centroid, ms_levels=pre.ms_levels, count=pre.scans,
-                       unique_scans=not pre.duplicate_scans, processing=processing)
+                       unique_scans=not pre.duplicate_scans, processing=processing, compress=compress)
         try:
             for s in read_capture_spectra(capture_path, stats=stats):
                 if work is not None:

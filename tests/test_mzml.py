@@ -139,6 +139,17 @@ class TestExport:
             assert s["total ion current"] == pytest.approx(float(samples.sum(dtype=np.float64)))
             assert s["base peak intensity"] == samples.max()
 
+    def test_uncompressed_arrays(self, tmp_path):
+        cap, _ = sim_capture(tmp_path / "run.isc", 6)
+        mzml.export_capture(cap, tmp_path / "z.mzML")
+        mzml.export_capture(cap, tmp_path / "n.mzML", compress=False)
+        assert xsd_valid(tmp_path / "n.mzML")
+        names = {p.get("name") for p in etree.parse(str(tmp_path / "n.mzML")).iterfind(".//m:binaryDataArray/m:cvParam", NS)}
+        assert "no compression" in names and "zlib compression" not in names
+        for a, b in zip(pyteomics_mzml.read(str(tmp_path / "z.mzML")), pyteomics_mzml.read(str(tmp_path / "n.mzML"))):
+            np.testing.assert_array_equal(a["m/z array"], b["m/z array"])
+            np.testing.assert_array_equal(a["intensity array"], b["intensity array"])
+
     def test_tic_chromatogram_and_metadata(self, tmp_path):
         cap, _ = sim_capture(tmp_path / "run.isc", 12)
         out = tmp_path / "run.mzML"

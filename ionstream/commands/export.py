@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write centroided spectra (the pipeline's peaks) instead of profile spectra")
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="daemon configuration whose [dsp] settings pick the peaks (default: the defaults)")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="store arrays uncompressed (faster to write, larger files)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
 
 
@@ -46,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         total = count_spectra(args.capture)
         with progress_bar(total, "export") as bar:
             summary = export_capture(args.capture, args.out, centroid=args.centroid, dsp_params=dsp,
-                                     progress=bar.update)
+                                     compress=not args.no_compression, progress=bar.update)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"ionstream export: {exc.filename or args.capture}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -671,7 +671,8 @@ class _MzMLOut:
             with w.chromatogram_list(count=1, data_processing_method="ionstream_processing"):
                 w.write_chromatogram(np.asarray(self.tic_times), np.asarray(self.tic_values), id="TIC",
                                      chromatogram_type="total ion current chromatogram",
-                                     encoding={"time array": np.float64, "intensity array": np.float64})
+                                     encoding={"time array": np.float64, "intensity array": np.float64},
+                                     compression=self.compression)
         self._run.__exit__(None, None, None)
         self._cm.__exit__(None, None, None)
 

@@ -234,7 +234,7 @@ class TestRead:
         assert got == [512] * 4
         t0 = time.monotonic()
         assert src.readinto(buf) == 0             # the device went quiet: a timeout, not an error
-        assert 0.015 < time.monotonic() - t0 < 0.2
+        assert 0.015 < time.monotonic() - t0 < 1.0   # the 20 ms timeout, not an error (loose: loaded CI)
         assert wait_for(lambda: src.readinto(buf) == 512, timeout=2)
         src.close()
 

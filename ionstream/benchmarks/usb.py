@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bytes per USB transfer (default %(default)s, rounded to packets)")
     parser.add_argument("--umockdev", action="store_true",
                         help="also measure through real libusb and the umockdev test bed")
-    parser.add_argument("--umockdev-seconds", type=float, default=2.0,
+    parser.add_argument("--umockdev-seconds", type=float, default=0.5,
                         help="seconds per loop through umockdev (default %(default)s)")
     parser.add_argument("--testbed", metavar="PATH",
                         help=f"the umockdev test bed script (default: {TESTBED} of this checkout or the current folder)")
@@ -200,7 +200,7 @@ def _umockdev(args: argparse.Namespace, tape: bytes, progress: Callable[[str], N
             progress("real libusb through umockdev (child process)")
             child = subprocess.run(
                 [sys.executable, "-m", "ionstream.benchmarks.usb", "--child", str(args.read_size),
-                 str(args.umockdev_seconds), str(max(1, min(args.repeat, 3)))],
+                 str(args.umockdev_seconds), str(max(1, min(args.repeat, 8)))],
                 env=env, capture_output=True, text=True, timeout=120, check=False)
             if child.returncode:
                 return {"umockdev_skipped": f"child failed: {child.stderr.strip()[-300:]}"}
@@ -219,9 +219,13 @@ def _child(read_size: int, seconds: float, repeat: int) -> None:
 
     backend, description = libusb_backend()
     runs: dict[str, list] = {"bare": [], "source": []}
-    for _ in range(repeat):
-        runs["bare"].append(bare_loop(backend, read_size, seconds, copy=False))
-        runs["source"].append(source_loop(backend, read_size, seconds))
+    for i in range(repeat):
+        order = ("bare", "source") if i % 2 == 0 else ("source", "bare")
+        for name in order:
+            if name == "bare":
+                runs[name].append(bare_loop(backend, read_size, seconds, copy=False))
+            else:
+                runs[name].append(source_loop(backend, read_size, seconds))
     out: dict[str, Any] = {"umockdev_libusb": description}
     out.update(_figures("umockdev_", runs))
     print(json.dumps(out))

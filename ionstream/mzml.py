@@ -26,7 +26,6 @@ import datetime as _dt
 import errno
 import hashlib
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -37,8 +36,15 @@ from typing import Any
 import numpy as np
 
 from instrument.frames import (
-    AxisKind, Calibration, FrameDecoder, FrameHeader, FrameType, Polarity, SampleType,
-    encode_scan, expected_payload_size, sample_type_of,
+    AxisKind,
+    Calibration,
+    FrameDecoder,
+    FrameHeader,
+    FrameType,
+    Polarity,
+    encode_scan,
+    expected_payload_size,
+    sample_type_of,
 )
 
 log = logging.getLogger("ionstream.mzml")
@@ -285,7 +291,7 @@ def read_mzml_spectra(path: str | os.PathLike, *, ms_levels: Iterable[int] | Non
     else the nativeID's ``scan=N``, else the spectrum's 1-based position in the file.
     """
     pyteomics_mzml = _require("pyteomics.mzml")
-    levels = None if ms_levels is None else set(int(x) for x in ms_levels)
+    levels = None if ms_levels is None else {int(x) for x in ms_levels}
     index = 0
     with pyteomics_mzml.MzML(str(path), use_index=False, decode_binary=True) as reader:
         for position, s in enumerate(reader):
@@ -474,7 +480,7 @@ def import_mzml(mzml_path: str | os.PathLike, out_path: str | os.PathLike, *,
         base_ns = time.time_ns()
     summary = ImportSummary(path=str(out_path), run_id=meta["run_id"],
                             instrument=[item["name"] for item in meta["instrument"]])
-    levels = None if ms_levels is None else set(int(x) for x in ms_levels)
+    levels = None if ms_levels is None else {int(x) for x in ms_levels}
     description = {
         "source": {
             "url": f"mzml://{mzml_path.resolve()}", "kind": "mzml", "file": mzml_path.name,
@@ -841,7 +847,7 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
         mzml_metadata(in_path)  # a clear error for a file that is not mzML
     work, params = _scan_work(dsp_params)
     summary = PeaksSummary(path=str(out_path), centroided=True, dsp=params)
-    levels = None if ms_levels is None else set(int(x) for x in ms_levels)
+    levels = None if ms_levels is None else {int(x) for x in ms_levels}
     spectra = read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path)
 
     def picked():

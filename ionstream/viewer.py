@@ -203,7 +203,7 @@ class Receiver:
         self.error: BaseException | None = None
         self.stats: dict[str, Any] = {}
 
-    def start(self, timeout: float = 10.0) -> "Receiver":
+    def start(self, timeout: float = 10.0) -> Receiver:
         import zmq
 
         self._pipe = self._ctx.socket(zmq.PAIR)

@@ -5,8 +5,6 @@ high rate, (2) `ionstream view --screenshot` as a subprocess, (3) a live daemon 
 --spectrum` on the simulator, on free loopback ports). Each test checks what the plots hold,
 not only that nothing crashed.
 """
-import itertools
-import math
 import os
 import signal
 import subprocess
@@ -201,7 +199,7 @@ class TestModel:
 
     def test_health_rows_flag_drops_and_silence(self):
         snap = ViewerModel().snapshot()
-        rows = dict((name, (value, bad)) for name, value, bad in health_rows(snap))
+        rows = {name: (value, bad) for name, value, bad in health_rows(snap)}
         assert rows["viewer: received"] == ("nothing yet", True)
         m = ViewerModel()
         m.feed(message("status", {"stats": {"state": "running", "drops_total": 2, "drops_publisher": 2,

@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from instrument.capture import CaptureError
     from ionstream.commands.import_mzml import progress_bar
-    from ionstream.mzml import MzMLError, count_spectra, dsp_params_from_config, export_capture
+    from ionstream.mzml import (
+        MzMLError,
+        count_spectra,
+        dsp_params_from_config,
+        export_capture,
+    )
 
     try:
         dsp = None

@@ -29,7 +29,12 @@ def main(args: argparse.Namespace) -> int:
     from instrument.capture import CaptureError
     from ionstream.commands.import_mzml import progress_bar
     from ionstream.config import ConfigError, load
-    from ionstream.mzml import MzMLError, count_spectra, dsp_params_from_config, pick_peaks
+    from ionstream.mzml import (
+        MzMLError,
+        count_spectra,
+        dsp_params_from_config,
+        pick_peaks,
+    )
 
     try:
         dsp = dsp_params_from_config(load(args.config))

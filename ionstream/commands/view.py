@@ -39,8 +39,8 @@ def main(args: argparse.Namespace) -> int:
     if args.screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a picture needs no screen
     try:
-        from ionstream.viewer import run_viewer
         from ionstream.security import client_from_args
+        from ionstream.viewer import run_viewer
 
         curve = client_from_args(args.curve_key, args.curve_server_key)
         return run_viewer(args.endpoint, fps=args.fps, window_s=args.window, labels=args.labels, curve=curve,

@@ -610,6 +610,17 @@ def _read_done(out: Path) -> dict[str, Any] | None:
         return None
 
 
+def quiet_dask_logs(level: int = logging.WARNING) -> None:
+    """Only warnings from Dask in this process (its INFO lines on worker start/stop drown progress).
+
+    Imports distributed first: its import configures its loggers, which would undo this.
+    """
+    import distributed  # noqa: F401
+
+    for name in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(name).setLevel(level)
+
+
 def open_client(scheduler: str | None = "local", workers: int | None = None, memory_limit: str = "auto",
                 dashboard_address: str | None = ":0"):
     """A dask.distributed Client: a new LocalCluster (``scheduler`` None or "local") or an existing one.

@@ -76,10 +76,9 @@ def run(args: argparse.Namespace, progress) -> dict:
         settings_hash,
     )
 
-    import logging
+    from ionstream.reprocess import quiet_dask_logs
 
-    for name in ("distributed", "bokeh", "tornado"):  # worker start/stop lines would bury the progress
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_dask_logs()
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ionstream-bench-reprocess-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

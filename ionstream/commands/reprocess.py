@@ -38,16 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        from ionstream.reprocess import Settings, format_row, reprocess
+        from ionstream.reprocess import Settings, format_row, quiet_dask_logs, reprocess
     except ModuleNotFoundError as exc:  # dask or pyarrow missing
         log.error("reprocess needs the [dask] extra: pip install 'ionstream[dask]' (%s)", exc)
         return 2
     from inference.bundle import BundleError
     from ionstream.config import ConfigError, apply_overrides, load
 
-    if getattr(args, "verbose", 0) < 2:  # Dask's own INFO lines (worker start/stop) drown the progress
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    if getattr(args, "verbose", 0) < 2:
+        quiet_dask_logs()
     if args.workers is not None and args.workers < 1:
         log.error("--workers must be >= 1, got %d", args.workers)
         return 2

@@ -72,11 +72,10 @@ def run(args: argparse.Namespace, progress) -> dict:
         open_client,
         plan,
         process_capture,
+        quiet_dask_logs,
         reprocess,
         settings_hash,
     )
-
-    from ionstream.reprocess import quiet_dask_logs
 
     quiet_dask_logs()
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ionstream-bench-reprocess-"))

@@ -79,6 +79,46 @@ cdef extern from *:
     typedef double ion_v2d __attribute__((vector_size(16)));
     typedef long long ion_v2l __attribute__((vector_size(16)));
 
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    /* x86-64 (SSE2 is its baseline): minps/maxps; NaN flagged by cmpunord. */
+    static inline void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) {
+        Py_ssize_t i = 0;
+        float a, b;
+        if (n >= 16) {
+            __m128 lo0 = _mm_loadu_ps(p), lo1 = _mm_loadu_ps(p + 4), lo2 = _mm_loadu_ps(p + 8), lo3 = _mm_loadu_ps(p + 12);
+            __m128 hi0 = lo0, hi1 = lo1, hi2 = lo2, hi3 = lo3;
+            __m128 bad = _mm_or_ps(_mm_or_ps(_mm_cmpunord_ps(lo0, lo0), _mm_cmpunord_ps(lo1, lo1)),
+                                   _mm_or_ps(_mm_cmpunord_ps(lo2, lo2), _mm_cmpunord_ps(lo3, lo3)));
+            for (i = 16; i + 16 <= n; i += 16) {
+                __m128 v0 = _mm_loadu_ps(p + i), v1 = _mm_loadu_ps(p + i + 4);
+                __m128 v2 = _mm_loadu_ps(p + i + 8), v3 = _mm_loadu_ps(p + i + 12);
+                bad = _mm_or_ps(bad, _mm_or_ps(_mm_or_ps(_mm_cmpunord_ps(v0, v0), _mm_cmpunord_ps(v1, v1)),
+                                               _mm_or_ps(_mm_cmpunord_ps(v2, v2), _mm_cmpunord_ps(v3, v3))));
+                lo0 = _mm_min_ps(lo0, v0); lo1 = _mm_min_ps(lo1, v1); lo2 = _mm_min_ps(lo2, v2); lo3 = _mm_min_ps(lo3, v3);
+                hi0 = _mm_max_ps(hi0, v0); hi1 = _mm_max_ps(hi1, v1); hi2 = _mm_max_ps(hi2, v2); hi3 = _mm_max_ps(hi3, v3);
+            }
+            lo0 = _mm_min_ps(_mm_min_ps(lo0, lo1), _mm_min_ps(lo2, lo3));
+            hi0 = _mm_max_ps(_mm_max_ps(hi0, hi1), _mm_max_ps(hi2, hi3));
+            float l[4], h[4];
+            _mm_storeu_ps(l, lo0); _mm_storeu_ps(h, hi0);
+            a = l[0]; b = h[0];
+            for (int k = 1; k < 4; k++) { if (l[k] < a) a = l[k]; if (h[k] > b) b = h[k]; }
+            if (_mm_movemask_ps(bad)) *nan = 1;
+        } else {
+            a = b = p[0];
+            if (p[0] != p[0]) *nan = 1;
+            i = 1;
+        }
+        for (; i < n; i++) {
+            float v = p[i];
+            if (v != v) *nan = 1;
+            if (v < a) a = v;
+            if (v > b) b = v;
+        }
+        *mn = a; *mx = b;
+    }
+    #else
     /* min and max of p[0..n), n >= 1; *nan |= 1 if any element is NaN (then min/max are undefined). */
     static inline void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) {
         Py_ssize_t i = 0;
@@ -121,6 +161,7 @@ cdef extern from *:
         }
         *mn = a; *mx = b;
     }
+    #endif
 
     static inline void ion_minmax_d(const double *p, Py_ssize_t n, double *mn, double *mx, int *nan) {
         Py_ssize_t i = 0;
@@ -163,8 +204,94 @@ cdef extern from *:
         }
         *mn = a; *mx = b;
     }
+
+    /* y[j] = (y[j] - (b0 + bs j)) * (w0 + ws j), j < n <= 64 (vectorises: one pointer, an int index). */
+    static inline void ion_affine_tile(float *__restrict y, Py_ssize_t n, float b0, float bs, float w0, float ws) {
+        int m = (int)n;
+        for (int j = 0; j < m; j++) {
+            float fj = (float)j;
+            y[j] = (y[j] - (b0 + bs * fj)) * (w0 + ws * fj);
+        }
+    }
+
+    /* Symmetric correlation y[i] = c0 x[i] + sum_{k=h..1} ck (x[i-k] + x[i+k]) for i in [lo, hi),
+       register-blocked: the taps are unrolled for h <= 8 so each output is stored once. */
+    #define ION_CONV_CASE(H) case H: \
+        for (Py_ssize_t i = lo; i < hi; i++) { \
+            float acc = x[i] * c[0]; \
+            for (int k = H; k > 0; k--) acc += (x[i - k] + x[i + k]) * c[k]; \
+            y[i] = acc; } \
+        return 1;
+    static inline int ion_conv_fixed(const float *__restrict x, float *__restrict y, Py_ssize_t lo,
+                                     Py_ssize_t hi, const float *__restrict c, Py_ssize_t h) {
+        switch (h) {
+            ION_CONV_CASE(1) ION_CONV_CASE(2) ION_CONV_CASE(3) ION_CONV_CASE(4)
+            ION_CONV_CASE(5) ION_CONV_CASE(6) ION_CONV_CASE(7) ION_CONV_CASE(8)
+            default: return 0;
+        }
+    }
+    #undef ION_CONV_CASE
+
+    /* Sum (exact) of n samples, with 32-bit partial sums over chunks so that it vectorises. */
+    static inline long long ion_sum_u16(const unsigned short *p, Py_ssize_t n) {
+        long long total = 0;
+        for (Py_ssize_t lo = 0; lo < n; lo += 32768) {
+            Py_ssize_t hi = lo + 32768 < n ? lo + 32768 : n;
+            unsigned int acc = 0;
+            for (Py_ssize_t i = lo; i < hi; i++) acc += p[i];
+            total += acc;
+        }
+        return total;
+    }
+    static inline long long ion_sum_i16(const short *p, Py_ssize_t n) {
+        long long total = 0;
+        for (Py_ssize_t lo = 0; lo < n; lo += 32768) {
+            Py_ssize_t hi = lo + 32768 < n ? lo + 32768 : n;
+            int acc = 0;
+            for (Py_ssize_t i = lo; i < hi; i++) acc += p[i];
+            total += acc;
+        }
+        return total;
+    }
+
+    /* Sums of d = v - centre and d*d over |d| <= lim, and their count (float accumulation: at most a
+       few hundred values of a few sigmas each). */
+    static inline Py_ssize_t ion_clipped_sums(const float *v, Py_ssize_t m, float centre, float lim,
+                                              double *s1, double *s2) {
+        Py_ssize_t j = 0, k = 0;
+        float a1 = 0.0f, a2 = 0.0f;
+    #if defined(__SSE2__)
+        __m128 c = _mm_set1_ps(centre), l = _mm_set1_ps(lim), absmask = _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff));
+        __m128 t1 = _mm_setzero_ps(), t2 = _mm_setzero_ps();
+        __m128i cnt = _mm_setzero_si128();
+        for (; j + 4 <= m; j += 4) {
+            __m128 d = _mm_sub_ps(_mm_loadu_ps(v + j), c);
+            __m128 keep = _mm_cmple_ps(_mm_and_ps(d, absmask), l);
+            d = _mm_and_ps(d, keep);
+            t1 = _mm_add_ps(t1, d);
+            t2 = _mm_add_ps(t2, _mm_mul_ps(d, d));
+            cnt = _mm_sub_epi32(cnt, _mm_castps_si128(keep));
+        }
+        float f1[4], f2[4]; int ci[4];
+        _mm_storeu_ps(f1, t1); _mm_storeu_ps(f2, t2); _mm_storeu_si128((__m128i *)ci, cnt);
+        a1 = (f1[0] + f1[1]) + (f1[2] + f1[3]);
+        a2 = (f2[0] + f2[1]) + (f2[2] + f2[3]);
+        k = (Py_ssize_t)ci[0] + ci[1] + ci[2] + ci[3];
+    #endif
+        for (; j < m; j++) {
+            float d = v[j] - centre;
+            if (fabsf(d) <= lim) { a1 += d; a2 += d * d; k++; }
+        }
+        *s1 = a1; *s2 = a2;
+        return k;
+    }
     """
     void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) noexcept nogil
+    void ion_affine_tile(float *y, Py_ssize_t n, float b0, float bs, float w0, float ws) noexcept nogil
+    int ion_conv_fixed(const float *x, float *y, Py_ssize_t lo, Py_ssize_t hi, const float *c, Py_ssize_t h) noexcept nogil
+    long long ion_sum_u16(const unsigned short *p, Py_ssize_t n) noexcept nogil
+    long long ion_sum_i16(const short *p, Py_ssize_t n) noexcept nogil
+    Py_ssize_t ion_clipped_sums(const float *v, Py_ssize_t m, float centre, float lim, double *s1, double *s2) noexcept nogil
     void ion_minmax_d(const double *p, Py_ssize_t n, double *mn, double *mx, int *nan) noexcept nogil
 
 
@@ -198,6 +325,15 @@ cdef inline int summaries(const real_t* x, Py_ssize_t n, real_t* bmin, real_t* b
         if hi > n:
             hi = n
         minmax(x + lo, hi - lo, &bmin[b], &bmax[b], &nan)
+    super_summaries(bmin, bmax, nb, smin, smax)
+    return nan
+
+
+cdef inline void super_summaries(const real_t* bmin, const real_t* bmax, Py_ssize_t nb, real_t* smin,
+                                 real_t* smax) noexcept nogil:
+    """Superblock (64 blocks) minima and maxima from the block ones."""
+    cdef Py_ssize_t ns = (nb + 63) >> 6, s, lo, hi, b
+    cdef real_t a, c
     for s in range(ns):
         lo = s << (SUP_SHIFT - BLK_SHIFT)
         hi = lo + (SUP >> BLK_SHIFT)
@@ -212,7 +348,6 @@ cdef inline int summaries(const real_t* x, Py_ssize_t n, real_t* bmin, real_t* b
                 c = bmax[b]
         smin[s] = a
         smax[s] = c
-    return nan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,6 +805,9 @@ cdef inline void conv_interior(const real_t* x, real_t* y, Py_ssize_t lo, Py_ssi
     """y[lo:hi] for lo >= h and hi <= n - h (no boundary); x and y must not overlap."""
     cdef Py_ssize_t i, k
     cdef real_t ck
+    if real_t is float:
+        if ion_conv_fixed(x, y, lo, hi, c, h):
+            return
     if h == 0:
         for i in range(lo, hi):
             y[i] = x[i] * c[0]
@@ -707,3 +845,165 @@ cdef inline void conv_edges_interp(const real_t* x, Py_ssize_t n, real_t* y, Py_
         for j in range(w):
             acc += right[r * w + j] * <double>x[n - w + j]
         y[n - h + r] = <real_t>acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Block statistics: baseline (median) and noise (MAD) per block, robust to peaks
+# ---------------------------------------------------------------------------------------------
+cdef inline int _clipped_moments(const float* v, Py_ssize_t m, double centre, double lim,
+                                 double* mean, double* sd) noexcept nogil:
+    """Mean and standard deviation of the values within ``centre +- lim``; 0 if none."""
+    cdef Py_ssize_t k
+    cdef double s1, s2, mu, var
+    k = ion_clipped_sums(v, m, <float>centre, <float>lim, &s1, &s2)
+    if k == 0:
+        return 0
+    mu = s1 / <double>k
+    var = s2 / <double>k - mu * mu
+    mean[0] = centre + mu
+    sd[0] = sqrt(var) if var > 0 else 0.0
+    return 1
+
+
+cdef inline void block_stat(const float* x, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t stride,
+                            float* buf, float* dev, double* base, double* sig) noexcept nogil:
+    """Baseline and noise of x[lo:hi:stride] (m samples), robust to peaks:
+
+    1. median and 1.4826 * MAD of up to 32 evenly spaced ones of the m samples (a clip range only);
+    2. mean and standard deviation of the samples within 3.5 of those sigmas;
+    3. mean and standard deviation of the samples within 3 of the new sigmas of the new mean,
+       the standard deviation divided by 0.98658 (a normal truncated at +-3 sigma).
+
+    Means of clipped samples, unlike medians, are continuous for integer samples and cost no
+    selection; a selection over 32 values replaces four over m (the kernel's time was all there).
+    With no spread in step 1 (mostly identical values, e.g. zeros of noise-suppressed data) the
+    block reports the median of all m samples and noise 0.
+
+    ``buf`` and ``dev`` hold at least ``(hi - lo + stride - 1) // stride`` floats.
+    """
+    cdef Py_ssize_t m = 0, i, j, q, step
+    cdef float med, mad
+    cdef double mean, sd
+    i = lo
+    while i < hi:
+        buf[m] = x[i]
+        m += 1
+        i += stride
+    q = m if m < 32 else 32
+    step = m // q
+    for j in range(q):
+        dev[j] = buf[j * step]
+    med = select_k(dev, q, q // 2)
+    for j in range(q):
+        dev[j] = fabs(dev[j] - med)
+    mad = select_k(dev, q, q // 2)
+    if not (mad > 0):
+        for j in range(m):
+            dev[j] = buf[j]
+        base[0] = select_k(dev, m, m // 2)
+        sig[0] = 0.0
+        return
+    if not _clipped_moments(buf, m, med, 3.5 * 1.4826 * mad, &mean, &sd) or not (sd > 0):
+        base[0] = med
+        sig[0] = 1.4826 * mad
+        return
+    sd /= 0.99694                       # truncation at +-3.5 sigma
+    if _clipped_moments(buf, m, mean, 3.0 * sd, base, sig):
+        sig[0] /= 0.98658
+    else:
+        base[0] = mean
+        sig[0] = sd
+
+
+cdef inline double _median_small(double* v, int m) noexcept nogil:
+    """Median of m <= 5 values (the mean of the two middle ones for even m); reorders v."""
+    cdef int i, j
+    cdef double t
+    for i in range(1, m):
+        t = v[i]
+        j = i - 1
+        while j >= 0 and v[j] > t:
+            v[j + 1] = v[j]
+            j -= 1
+        v[j + 1] = t
+    if m % 2:
+        return v[m // 2]
+    return 0.5 * (v[m // 2 - 1] + v[m // 2])
+
+
+cdef inline Py_ssize_t stats_blocks(Py_ssize_t n, Py_ssize_t block) noexcept nogil:
+    """Number of statistics blocks: n // block, at least 1 (the last block takes the remainder)."""
+    cdef Py_ssize_t nb = n // block
+    return nb if nb > 0 else 1
+
+
+cdef inline void block_statistics(const float* x, Py_ssize_t n, Py_ssize_t block, Py_ssize_t stride,
+                                  double noise_floor, float* buf, float* dev, double* raw_base,
+                                  double* raw_sig, double* base, double* sig, double* centre) noexcept nogil:
+    """Baseline and noise per block, smoothed across blocks (running median of 5), and the block
+    centres (rounded down to a multiple of 64 samples) where they apply.
+
+    ``noise_floor``: lowest noise returned (a block of identical values has MAD 0); where it is 0,
+    blocks with no measurable noise take the smallest positive block noise.
+    """
+    cdef Py_ssize_t nb = stats_blocks(n, block), b, lo, hi, k, a, z
+    cdef double v[5]
+    cdef double floor_ = noise_floor, minpos = INFINITY
+    cdef int m
+    for b in range(nb):
+        lo = b * block
+        hi = lo + block if b < nb - 1 else n
+        block_stat(x, lo, hi, stride, buf, dev, &raw_base[b], &raw_sig[b])
+        centre[b] = <double>(((lo + hi) // 2) & ~(<Py_ssize_t>63))
+    for b in range(nb):
+        a = b - 2 if b >= 2 else 0
+        z = b + 2 if b + 2 < nb else nb - 1
+        m = 0
+        for k in range(a, z + 1):
+            v[m] = raw_base[k]
+            m += 1
+        base[b] = _median_small(v, m)
+        m = 0
+        for k in range(a, z + 1):
+            v[m] = raw_sig[k]
+            m += 1
+        sig[b] = _median_small(v, m)
+        if sig[b] > 0 and sig[b] < minpos:
+            minpos = sig[b]
+    if floor_ <= 0 and minpos < INFINITY:
+        floor_ = minpos
+    for b in range(nb):
+        if sig[b] < floor_:
+            sig[b] = floor_
+        if not (sig[b] > 0):
+            sig[b] = 1.0      # nothing measurable anywhere (a constant signal): unit noise
+
+
+cdef inline void tile_lines(const double* centre, const double* val, Py_ssize_t nb, Py_ssize_t n,
+                            int invert, float* t0, float* ts) noexcept nogil:
+    """Piecewise-linear interpolation of ``val`` (or 1/val) between block centres, as a start value
+    and a slope for every 64-sample tile: value(i) = t0[i >> 6] + ts[i >> 6] * (i & 63). Flat before
+    the first and after the last centre. Centres are multiples of 64, so no tile spans a corner.
+    """
+    cdef Py_ssize_t nt = (n + 63) >> 6, t, b = 0
+    cdef double i0, v0, v1, c0, c1
+    for t in range(nt):
+        i0 = <double>(t << 6)
+        while b + 1 < nb and centre[b + 1] <= i0:
+            b += 1
+        if nb == 1 or i0 < centre[0] or (b == nb - 1):
+            v0 = val[0] if i0 < centre[0] else val[b]
+            if invert:
+                v0 = 1.0 / v0
+            t0[t] = <float>v0
+            ts[t] = 0.0
+        else:
+            c0 = centre[b]
+            c1 = centre[b + 1]
+            v0 = val[b]
+            v1 = val[b + 1]
+            if invert:
+                v0 = 1.0 / v0
+                v1 = 1.0 / v1
+            ts[t] = <float>((v1 - v0) / (c1 - c0))
+            t0[t] = <float>(v0 + (v1 - v0) * (i0 - c0) / (c1 - c0))

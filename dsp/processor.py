@@ -1,0 +1,403 @@
+"""Per-scan processing: calibrate, baseline, smooth, pick peaks, centroid, extracted-ion sums.
+
+``ScanProcessor(params).process(samples, calibration_or_axis)`` runs the whole per-scan DSP in one
+kernel call with the GIL released (``cext.scan.ScanKernel``; the steps are listed in its module
+docstring) and reuses its buffers: in steady state a scan allocates nothing but the small
+:class:`ScanResult`. One processor per DSP worker thread (a processor is not thread-safe).
+
+``pick_centroids(mz, intensity, **params)`` is the stable public entry point for one profile
+spectrum with an explicit m/z axis (any spacing): it returns a fresh structured array.
+
+Units: samples for widths and windows, counts for intensities, S/N (multiples of the local noise
+sigma) for detection thresholds, m/z for positions and peak widths in the output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cext.scan import CENTROID_DTYPE, FLAG_EDGE, FLAG_FIT, ScanKernel
+from cext.smooth import MODES
+from dsp.calibration import AxisCache, mz_to_index
+from dsp.smoothing import gaussian_weights, savgol_weights
+from instrument.frames import Calibration
+
+__all__ = ["ScanParams", "ScanProcessor", "ScanResult", "pick_centroids", "CENTROID_DTYPE", "FLAG_FIT",
+           "FLAG_EDGE"]
+
+SMOOTHING = ("savgol", "gaussian", "none")
+
+
+@dataclass(frozen=True)
+class ScanParams:
+    """Parameters of the per-scan DSP. Defaults suit ~5 samples per FWHM (the simulator's TOF);
+    :meth:`for_peak_width` scales the sample-based ones for other instruments.
+
+    Attributes
+    ----------
+    smoothing : 'savgol' | 'gaussian' | 'none'
+        Smoothing of the trace peaks are detected on (centroids use unsmoothed samples).
+    savgol_window, savgol_order : int
+        Savitzky-Golay window (samples, odd) and polynomial order; edges as savgol_filter's 'interp'.
+    gaussian_sigma : float
+        Gaussian sigma (samples); edges as ndimage's 'reflect'.
+    block, stride : int
+        Baseline/noise statistics blocks (samples) and sample stride within a block (dsp.baseline).
+    noise_floor : float
+        Lowest noise sigma (counts); 0 = the smallest positive block noise.
+    min_snr : float
+        Report peaks whose fitted height is at least this many noise sigmas.
+    detect_sigma : float
+        Detection height on the S/N trace: ``max(min_snr, detect_sigma * g)``, g the smoothing's
+        noise gain (the trace's own noise sigma: 0.58 for Savitzky-Golay 7/3, 1 without smoothing).
+        5 keeps noise maxima out (a white-noise sample exceeds 5 sigma once in 3.5 million).
+    min_prominence : float or None
+        Prominence (S/N units) a peak needs on the S/N trace within ``wlen``; None = ``min_snr``.
+    wlen : int
+        Window (samples) for the prominence (find_peaks' ``wlen``).
+    min_width : float
+        Width at half prominence (samples) a peak needs on the S/N trace: rejects one-sample spikes
+        and noise bumps on the flanks of large peaks.
+    shot_gain : float
+        Counts per ion: the centroid fit weights samples by 1 / (noise**2 + shot_gain * signal).
+        0 (default) treats the noise as additive; the instrument's value is a little more precise.
+    area_floor : float
+        The area integrates down to this S/N (or to a valley, or ``max_halfwidth`` samples further).
+    max_halfwidth : int
+        At most this many samples each side of the apex enter the fit, twice as many the area.
+    xic : tuple of (mz_low, mz_high)
+        Extracted-ion windows (m/z, inclusive) summed per scan (baseline-subtracted counts).
+    max_peaks : int
+        Peaks per scan written to the result; more are counted in ``ScanResult.dropped``.
+    """
+
+    smoothing: str = "savgol"
+    savgol_window: int = 7
+    savgol_order: int = 3
+    gaussian_sigma: float = 1.0
+    block: int = 512
+    stride: int = 4
+    noise_floor: float = 0.0
+    min_snr: float = 3.0
+    detect_sigma: float = 5.0
+    min_prominence: float | None = None
+    wlen: int = 64
+    min_width: float = 1.5
+    shot_gain: float = 0.0
+    area_floor: float = 1.0
+    max_halfwidth: int = 16
+    xic: tuple = field(default=())
+    max_peaks: int = 4096
+
+    def __post_init__(self):
+        if self.smoothing not in SMOOTHING:
+            raise ValueError(f"smoothing must be one of {', '.join(SMOOTHING)}, got {self.smoothing!r}")
+        if self.smoothing == "savgol":
+            savgol_weights(self.savgol_window, self.savgol_order)   # validates
+        if self.smoothing == "gaussian" and not self.gaussian_sigma > 0:
+            raise ValueError(f"gaussian_sigma must be > 0 (samples), got {self.gaussian_sigma!r}")
+        if self.block < 128:
+            raise ValueError(f"block must be >= 128 samples, got {self.block!r}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride!r}")
+        if self.noise_floor < 0:
+            raise ValueError(f"noise_floor must be >= 0 (counts), got {self.noise_floor!r}")
+        if not self.min_snr >= 0:
+            raise ValueError(f"min_snr must be >= 0, got {self.min_snr!r}")
+        if not self.detect_sigma >= 0:
+            raise ValueError(f"detect_sigma must be >= 0, got {self.detect_sigma!r}")
+        if self.min_prominence is not None and not self.min_prominence >= 0:
+            raise ValueError(f"min_prominence must be >= 0 (S/N), got {self.min_prominence!r}")
+        if self.wlen < 3:
+            raise ValueError(f"wlen must be >= 3 samples, got {self.wlen!r}")
+        if not self.min_width >= 0:
+            raise ValueError(f"min_width must be >= 0 (samples), got {self.min_width!r}")
+        if not self.shot_gain >= 0:
+            raise ValueError(f"shot_gain must be >= 0 (counts per ion), got {self.shot_gain!r}")
+        if self.max_halfwidth < 1:
+            raise ValueError(f"max_halfwidth must be >= 1 sample, got {self.max_halfwidth!r}")
+        if self.max_peaks < 0:
+            raise ValueError(f"max_peaks must be >= 0, got {self.max_peaks!r}")
+        windows = []
+        for i, w in enumerate(self.xic):
+            try:
+                lo, hi = (float(v) for v in w)
+            except (TypeError, ValueError):
+                raise ValueError(f"xic[{i}]: expected (mz_low, mz_high), got {w!r}") from None
+            if not 0 < lo < hi:
+                raise ValueError(f"xic[{i}]: need 0 < mz_low < mz_high, got {w!r}")
+            windows.append((lo, hi))
+        object.__setattr__(self, "xic", tuple(windows))
+
+    @classmethod
+    def for_peak_width(cls, fwhm_samples: float, **overrides) -> "ScanParams":
+        """Parameters for peaks ``fwhm_samples`` samples wide (FWHM); ``overrides`` win.
+
+        Scales the smoothing window (about 1.3 FWHM, odd, >= 5), the Gaussian sigma (0.2 FWHM),
+        ``wlen`` (12 FWHM), ``min_width`` (0.3 FWHM) and ``max_halfwidth`` (3 FWHM).
+        """
+        f = float(fwhm_samples)
+        if not f > 0:
+            raise ValueError(f"fwhm_samples must be > 0, got {fwhm_samples!r}")
+        window = max(5, int(round(1.3 * f)) | 1)
+        p = dict(savgol_window=window, savgol_order=3 if window >= 7 else 2, gaussian_sigma=max(0.5, 0.2 * f),
+                 wlen=max(16, int(math.ceil(12 * f))), min_width=0.3 * f,
+                 max_halfwidth=max(4, int(math.ceil(3 * f))))
+        p.update(overrides)
+        return cls(**p)
+
+    def replace(self, **changes) -> "ScanParams":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["xic"] = [list(w) for w in self.xic]
+        return d
+
+
+class ScanResult:
+    """What :meth:`ScanProcessor.process` made of one scan.
+
+    ``peaks`` is a CENTROID_DTYPE array sorted by m/z (a view into the processor's buffer unless an
+    ``out`` array was given: valid until the processor's next scan; ``copy()`` keeps it).
+    ``n_detected`` peaks of the S/N trace passed the find_peaks conditions, ``n_found`` of them also
+    the final S/N test on the fitted height, ``dropped`` of those did not fit into the output. ``tic``: sum of the
+    baseline-subtracted samples (counts); ``raw_sum``: sum of the samples; ``xic``: one
+    baseline-subtracted sum per configured window (float64, counts); ``noise`` and ``baseline``:
+    medians over the scan (counts).
+    """
+
+    __slots__ = ("peaks", "n_found", "dropped", "tic", "raw_sum", "xic", "noise", "baseline", "n_samples",
+                 "n_detected")
+
+    def __init__(self, peaks, n_found, tic, raw_sum, xic, noise, baseline, n_samples, n_detected):
+        self.peaks = peaks
+        self.n_found = n_found
+        self.dropped = n_found - peaks.size
+        self.tic = tic
+        self.raw_sum = raw_sum
+        self.xic = xic
+        self.noise = noise
+        self.baseline = baseline
+        self.n_samples = n_samples
+        self.n_detected = n_detected
+
+    @property
+    def n_peaks(self) -> int:
+        return int(self.peaks.size)
+
+    def copy(self) -> "ScanResult":
+        return ScanResult(self.peaks.copy(), self.n_found, self.tic, self.raw_sum, self.xic.copy(), self.noise,
+                          self.baseline, self.n_samples, self.n_detected)
+
+    def __repr__(self) -> str:
+        return (f"ScanResult(n_peaks={self.n_peaks}, dropped={self.dropped}, tic={self.tic:.6g}, "
+                f"noise={self.noise:.4g}, baseline={self.baseline:.6g}, n_samples={self.n_samples})")
+
+
+_NO_INDEX = np.zeros(0, np.intp)
+
+
+class ScanProcessor:
+    """Per-scan DSP with reused buffers (one per worker thread).
+
+    Parameters
+    ----------
+    params : ScanParams, optional
+        Defaults: ``ScanParams()``.
+    **overrides
+        Fields of ScanParams that replace those of ``params``.
+    """
+
+    def __init__(self, params: ScanParams | None = None, **overrides):
+        params = params or ScanParams()
+        if overrides:
+            params = params.replace(**overrides)
+        self.params = params
+        self._kernel = ScanKernel()
+        if params.smoothing == "savgol":
+            sm = savgol_weights(params.savgol_window, params.savgol_order, "interp")
+        elif params.smoothing == "gaussian":
+            sm = gaussian_weights(float(params.gaussian_sigma), 4.0, None, "reflect")
+        else:
+            sm = None
+        self.smoother = sm
+        gain = 1.0 if sm is None else sm.noise_gain
+        self.detection_height = max(params.min_snr, params.detect_sigma * gain)
+        self._kernel.configure(
+            None if sm is None else sm.half, MODES["interp"] if sm is None else sm.mode,
+            None if sm is None else sm.left, None if sm is None else sm.right,
+            params.block, params.stride, params.noise_floor, params.min_snr, self.detection_height,
+            params.min_snr if params.min_prominence is None else params.min_prominence,
+            params.wlen, params.min_width, params.area_floor, params.max_halfwidth, params.shot_gain)
+        self._peaks = np.empty(params.max_peaks, CENTROID_DTYPE)
+        k = len(params.xic)
+        self._xic_mz = np.array(params.xic, np.float64).reshape(k, 2)
+        self._xic_cache: dict = {}
+        self._xic_lo = np.zeros(k, np.intp)
+        self._xic_hi = np.zeros(k, np.intp)
+        self._axes = AxisCache()
+
+    # -- public --------------------------------------------------------------------------------
+    def process(self, samples, calibration_or_axis, out: np.ndarray | None = None) -> ScanResult:
+        """Process one scan.
+
+        Parameters
+        ----------
+        samples : ndarray, 1-D
+            uint16, int16, int32, float32 or float64 samples (counts); other dtypes are converted
+            to float32.
+        calibration_or_axis : Calibration or ndarray
+            The frame's TOF calibration, or an explicit float64 m/z axis (increasing, one value
+            per sample).
+        out : ndarray, optional
+            CENTROID_DTYPE array to write the peaks into (its length caps them); default: the
+            processor's buffer (``max_peaks``), overwritten by the next scan.
+        """
+        s = samples
+        if not (isinstance(s, np.ndarray) and s.ndim == 1 and s.flags.c_contiguous
+                and s.dtype in (np.uint16, np.int16, np.int32, np.float32, np.float64)
+                and s.dtype.isnative):
+            s = np.ascontiguousarray(s)
+            if s.ndim != 1:
+                raise ValueError(f"samples must be 1-D, got {s.ndim} dimensions")
+            if s.dtype not in (np.uint16, np.int16, np.int32, np.float32, np.float64) or not s.dtype.isnative:
+                s = s.astype(np.float32)
+        n = s.shape[0]
+        if isinstance(calibration_or_axis, Calibration):
+            axis = None
+            cal = calibration_or_axis
+            t0, dt, c0, c1, c2 = cal.t0_ns, cal.dt_ns, cal.c0, cal.c1, cal.c2
+            if self._xic_mz.shape[0]:
+                self._xic_for_calibration(cal, n)
+        else:
+            axis = calibration_or_axis
+            if not (isinstance(axis, np.ndarray) and axis.dtype == np.float64 and axis.flags.c_contiguous):
+                axis = np.ascontiguousarray(axis, dtype=np.float64)
+            if axis.shape != (n,):
+                raise ValueError(f"the m/z axis has shape {axis.shape}, the samples ({n},)")
+            t0 = dt = c0 = c1 = c2 = 0.0
+            if self._xic_mz.shape[0]:
+                self._xic_lo[:] = np.searchsorted(axis, self._xic_mz[:, 0], "left")
+                self._xic_hi[:] = np.searchsorted(axis, self._xic_mz[:, 1], "right")
+        buf = self._peaks if out is None else out
+        xic = np.empty(self._xic_lo.shape[0], np.float64)
+        kern = self._kernel
+        written = kern.run(s, axis, t0, dt, c0, c1, c2, self._xic_lo, self._xic_hi, xic, buf)
+        return ScanResult(buf[:written], kern.n_found, kern.tic, kern.raw_sum, xic, kern.noise_median,
+                          kern.baseline_median, n, kern.n_detected)
+
+    @property
+    def trace(self) -> np.ndarray:
+        """The last scan's S/N trace (smoothed, baseline-subtracted, divided by the noise; float32
+        view, overwritten by the next scan). Its peaks are exactly ``scipy.signal.find_peaks(trace,
+        height=detection_height, prominence=..., wlen=..., width=min_width)``."""
+        return self._kernel.trace
+
+    @property
+    def samples_f32(self) -> np.ndarray:
+        """The last scan's samples as float32 (view, overwritten by the next scan)."""
+        return self._kernel.samples_f32
+
+    def baseline_blocks(self):
+        """(centres, baseline, noise) per statistics block of the last scan (float64 copies)."""
+        return self._kernel.baseline_blocks()
+
+    def mz_axis(self, calibration: Calibration, n_samples: int) -> np.ndarray:
+        """The whole m/z axis for a calibration (cached, read-only float64)."""
+        return self._axes.get(calibration, n_samples)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _xic_for_calibration(self, cal: Calibration, n: int) -> None:
+        key = (cal, n)
+        ranges = self._xic_cache.get(key)
+        if ranges is None:
+            with np.errstate(invalid="ignore"):
+                lo = np.ceil(mz_to_index(cal, self._xic_mz[:, 0]))
+                hi = np.floor(mz_to_index(cal, self._xic_mz[:, 1])) + 1
+            lo = np.clip(np.nan_to_num(lo, nan=n), 0, n).astype(np.intp)
+            hi = np.clip(np.nan_to_num(hi, nan=0), 0, n).astype(np.intp)
+            hi = np.maximum(hi, lo)
+            if len(self._xic_cache) > 16:
+                self._xic_cache.clear()
+            ranges = self._xic_cache[key] = (lo, hi)
+        self._xic_lo[:] = ranges[0]
+        self._xic_hi[:] = ranges[1]
+
+
+def _noise_suppressed_floor(intensity: np.ndarray) -> float:
+    """For data whose noise was removed (mostly exact zeros, e.g. reduced Orbitrap profiles): a noise
+    sigma such that the weakest retained points are at S/N 1 (the 5th percentile of the positive
+    values). 0 when the data are not mostly zeros."""
+    nz = np.count_nonzero(intensity)
+    if nz == 0 or nz > 0.5 * intensity.size:
+        return 0.0
+    pos = intensity[intensity > 0]
+    return float(np.percentile(pos, 5)) if pos.size else 0.0
+
+
+def pick_centroids(mz, intensity, **params) -> np.ndarray:
+    """Centroids of one profile spectrum: a structured array sorted by m/z.
+
+    Parameters
+    ----------
+    mz : array_like, 1-D
+        m/z of each sample, float64, strictly increasing (any spacing).
+    intensity : array_like, 1-D
+        Intensities (counts), float32 or float64 (other types are converted).
+    **params
+        Fields of :class:`ScanParams` (``min_snr``, ``smoothing``, ``wlen``, ...), plus
+        ``fwhm_samples`` (typical peak width in samples, or ``"auto"``, the default).
+
+    Returns
+    -------
+    ndarray of CENTROID_DTYPE
+        ``mz`` (centre, m/z), ``intensity`` (apex height above baseline, counts), ``area``
+        (counts x m/z), ``fwhm`` (m/z), ``snr`` (height / local noise sigma), ``noise`` (counts),
+        ``index`` (fractional sample index), ``apex`` (sample index of the detected maximum),
+        ``flags`` (FLAG_FIT: Gaussian fit; FLAG_EDGE: reaches the first or last sample).
+
+    Notes
+    -----
+    Defaults for real data. With ``fwhm_samples="auto"`` a first pass with the default parameters
+    (5 samples per FWHM) measures the median FWHM, in samples, of its peaks above S/N 10; if that is
+    more than 1.5x off, the spectrum is processed again with :meth:`ScanParams.for_peak_width`.
+    Noise-suppressed data (mostly exact zeros, such as reduced Orbitrap profiles) get a noise floor
+    at the 5th percentile of the positive intensities unless ``noise_floor`` is given, no smoothing
+    unless ``smoothing`` is given (smoothing across the zero gaps would ring), and ``detect_sigma=0``
+    (there is no noise left to raise false alarms; ``min_snr`` alone decides).
+    """
+    m = np.ascontiguousarray(mz, dtype=np.float64)
+    y = np.asarray(intensity)
+    if y.dtype not in (np.float32, np.float64):
+        y = y.astype(np.float64)
+    y = np.ascontiguousarray(y)
+    if m.ndim != 1 or y.ndim != 1:
+        raise ValueError("mz and intensity must be 1-D")
+    if m.shape != y.shape:
+        raise ValueError(f"mz and intensity differ in length: {m.size} and {y.size}")
+    if y.size < 3:
+        return np.zeros(0, CENTROID_DTYPE)
+    if not np.all(np.diff(m) > 0):
+        raise ValueError("mz must be strictly increasing")
+    fwhm = params.pop("fwhm_samples", "auto")
+    if "noise_floor" not in params:
+        floor = _noise_suppressed_floor(y)
+        if floor > 0:
+            params["noise_floor"] = floor
+            params.setdefault("smoothing", "none")
+            params.setdefault("detect_sigma", 0.0)    # no noise left to raise false alarms
+    params.setdefault("max_peaks", max(4096, y.size // 4))
+    if fwhm == "auto":
+        first = ScanProcessor(ScanParams(**params)).process(y, m)
+        strong = first.peaks[(first.peaks["snr"] >= 10) & ((first.peaks["flags"] & FLAG_FIT) != 0)]
+        if strong.size >= 3:
+            spacing = np.interp(strong["mz"], m[1:], np.diff(m))
+            est = float(np.median(strong["fwhm"] / spacing))
+            if est > 7.5 or est < 3.3:
+                return ScanProcessor(ScanParams.for_peak_width(est, **params)).process(y, m).peaks.copy()
+        return first.peaks.copy()
+    return ScanProcessor(ScanParams.for_peak_width(float(fwhm), **params)).process(y, m).peaks.copy()

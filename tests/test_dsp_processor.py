@@ -320,3 +320,16 @@ class TestPickCentroids:
             pick_centroids([1.0, 2.0], [1.0])
         assert pick_centroids([1.0, 2.0], [1.0, 2.0]).size == 0
         assert pick_centroids(np.arange(100.0) + 1, np.zeros(100)).size == 0
+
+
+class TestReference:
+    def test_kernel_equals_numpy_reference(self):
+        from dsp import reference
+        for x, truth in spectra(4, seed0=2000):
+            got = ScanProcessor().process(x, CAL).peaks
+            want = reference.process_scan(x, CAL)
+            np.testing.assert_array_equal(got["apex"], want["apex"])
+            np.testing.assert_allclose(got["mz"], want["mz"], rtol=1e-8)
+            np.testing.assert_allclose(got["intensity"], want["intensity"], rtol=1e-3)
+            np.testing.assert_allclose(got["area"], want["area"], rtol=1e-3, atol=1e-3)
+            np.testing.assert_array_equal(got["flags"], want["flags"])

@@ -39,7 +39,7 @@ class TestFit:
         idx = mz_to_index(cal, known)
         fit = fit_calibration(idx, known, t0_ns=cal.t0_ns, dt_ns=cal.dt_ns)
         np.testing.assert_allclose(mz_at(fit.calibration, idx), known, rtol=1e-10)
-        assert np.max(np.abs(fit.residuals_ppm)) < 1e-6
+        assert np.max(np.abs(fit.residuals_ppm)) < 1e-4
         lin = fit_calibration(idx, known, t0_ns=cal.t0_ns, dt_ns=cal.dt_ns, order=1)
         assert lin.calibration.c2 == 0.0
 

@@ -12,7 +12,9 @@ from setuptools import Extension, setup
 
 # Portable optimisation only: -O3 lets GCC vectorise on x86-64 and aarch64 alike;
 # no -march=native, so a built wheel runs on any CPU of its architecture.
-COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+# -ffp-contract=off: no fused multiply-add (GCC fuses a*b+c by default on aarch64), so the
+# kernels give the same bits on an ARM board as on x86-64 (tools/arm/kernel_outputs.py).
+COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 
 extensions = [
     Extension(

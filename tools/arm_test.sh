@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prove the cross-built aarch64 wheel on an emulated ARM64 CPU (qemu-user), from x86-64:
 #
-#   tools/arm_test.sh [--wheel FILE] [--bench] [--no-frames] [--no-smoke] [--no-vec] [-- PYTEST_ARGS]
+#   tools/arm_test.sh [--wheel FILE] [--bench] [--no-frames] [--no-smoke] [--no-vec] [--no-identity]
+#                     [-- PYTEST_ARGS]
 #
 # 1. builds the wheel (tools/cross_build_arm.sh), unless --wheel is given;
 # 2. installs it with its dependencies' aarch64 wheels from PyPI (pip --platform) into a folder;
@@ -11,7 +12,8 @@
 # 5. --bench: `ionstream bench dsp` emulated and on this host (the emulated figure is NOT the
 #    speed of an ARM board: qemu translates every instruction);
 # 6. the vectorisation report (tools/arm/vec_report.py): which kernel loops GCC vectorised on
-#    x86-64 (native build of the same sources) and on aarch64 (the wheel's build).
+#    x86-64 (native build of the same sources) and on aarch64 (the wheel's build); and whether
+#    the kernels give the same bits on both for the same input (tools/arm/kernel_outputs.py).
 #
 # Exit status: 0 all passed; 1 a step failed; 0 with a line starting "SKIP:" when qemu or the
 # cross toolchain is missing and cannot be installed (not root, no apt-get), so an optional CI
@@ -21,7 +23,7 @@ set -euo pipefail
 # shellcheck source=arm/common.sh
 source "$(dirname "$0")/arm/common.sh"
 
-wheel="" bench=0 frames=1 smoke=1 vec=1 pytest_args=()
+wheel="" bench=0 frames=1 smoke=1 vec=1 ident=1 pytest_args=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --wheel) wheel=$(realpath "$2"); shift 2 ;;
@@ -29,8 +31,9 @@ while [[ $# -gt 0 ]]; do
         --no-frames) frames=0; shift ;;
         --no-smoke) smoke=0; shift ;;
         --no-vec) vec=0; shift ;;
+        --no-identity) ident=0; shift ;;
         --) shift; pytest_args=("$@"); break ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) arm_die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -155,22 +158,49 @@ if [[ $bench == 1 ]]; then
     fi
 fi
 
-# 6. vectorisation: native x86-64 build of the same (cythonized) sources, with the vectoriser's
-#    report, beside the aarch64 build's report from the wheel build log
-if [[ $vec == 1 && -d $ARM_CACHE/src/cext && -f $ARM_LOGS/cross-build.log ]]; then
-    t=$SECONDS
+# 6. a native x86-64 build of the same (cythonized) sources, with the vectoriser's report, for
+#    6a. the vectorisation report: which loops GCC vectorised on each architecture;
+#    6b. cross-architecture identity: the kernels' outputs for the same input bits, x86-64 vs
+#        emulated aarch64 (informational; ARM_TEST_IDENTICAL=1 makes a difference a failure).
+x86_ok=0
+if [[ ($vec == 1 || $ident == 1) && -d $ARM_CACHE/src/cext ]]; then
     rm -rf "$ARM_CACHE/x86"
     if (cd "$ARM_CACHE/src" && CPPFLAGS=-fopt-info-vec-optimized "$ARM_CACHE/xenv/bin/build-python" \
             setup.py build_ext -b "$ARM_CACHE/x86/lib" -t "$ARM_CACHE/x86/tmp") \
             >"$ARM_LOGS/x86-build.log" 2>&1; then
-        "$ARM_CACHE/tools/bin/python" "$ARM_REPO/tools/arm/vec_report.py" "$ARM_CACHE/src" \
-            --arch x86_64 "$ARM_LOGS/x86-build.log" "$ARM_CACHE/x86/lib" \
-            --arch aarch64 "$ARM_LOGS/cross-build.log" "$ARM_CACHE/src/build/lib.linux-aarch64-cpython-311" \
-            >"$ARM_CACHE/vec-report.md"
-        cat "$ARM_CACHE/vec-report.md"
-        step "vectorisation report" "$((SECONDS - t)) s: $ARM_CACHE/vec-report.md"
+        x86_ok=1
+        for d in "$ARM_CACHE"/src/*/; do   # the Python packages beside the x86-64 extensions
+            [[ -f $d/__init__.py ]] && cp -rn "$d" "$ARM_CACHE/x86/lib/"
+        done
     else
-        step "vectorisation report" "not made: x86-64 build failed ($ARM_LOGS/x86-build.log)"
+        step "x86-64 build (for 6a/6b)" "FAIL, see $ARM_LOGS/x86-build.log"
+    fi
+fi
+if [[ $vec == 1 && $x86_ok == 1 && -f $ARM_LOGS/cross-build.log ]]; then
+    "$ARM_CACHE/tools/bin/python" "$ARM_REPO/tools/arm/vec_report.py" "$ARM_CACHE/src" \
+        --arch x86_64 "$ARM_LOGS/x86-build.log" "$ARM_CACHE/x86/lib" \
+        --arch aarch64 "$ARM_LOGS/cross-build.log" "$ARM_CACHE/src/build/lib.linux-aarch64-cpython-311" \
+        >"$ARM_CACHE/vec-report.md"
+    echo "== vectorisation (GCC -fopt-info-vec-optimized, objdump) =="
+    cat "$ARM_CACHE/vec-report.md"
+    step "vectorisation report" "$ARM_CACHE/vec-report.md"
+fi
+native_py=${ARM_NATIVE_PYTHON:-$ARM_REPO/.venv/bin/python}
+if [[ $ident == 1 && $x86_ok == 1 ]]; then
+    if [[ ! -x $native_py ]]; then
+        step "x86-64 vs aarch64 kernel outputs" "not run: no x86-64 Python with numpy/scipy (ARM_NATIVE_PYTHON)"
+    else
+        ko=$ARM_REPO/tools/arm/kernel_outputs.py
+        PYTHONPATH=$ARM_CACHE/x86/lib "$native_py" "$ko" inputs "$ARM_CACHE/ko-inputs.npz"
+        PYTHONPATH=$ARM_CACHE/x86/lib "$native_py" "$ko" run "$ARM_CACHE/ko-inputs.npz" "$ARM_CACHE/ko-x86_64.npz"
+        (cd "$run" && PYTHONPATH=$site "${ARM_PYTHON[@]}" "$ko" run "$ARM_CACHE/ko-inputs.npz" \
+            "$ARM_CACHE/ko-aarch64.npz")
+        echo "== kernel outputs, same input bits: x86-64 native vs aarch64 emulated =="
+        "$native_py" "$ko" compare "$ARM_CACHE/ko-x86_64.npz" "$ARM_CACHE/ko-aarch64.npz" \
+            | tee "$ARM_LOGS/kernel-outputs.log"
+        verdict=$(tail -1 "$ARM_LOGS/kernel-outputs.log" | sed 's/^ *//')
+        step "x86-64 vs aarch64 kernel outputs" "$verdict"
+        if [[ $verdict != "all outputs bit-identical" && ${ARM_TEST_IDENTICAL:-0} == 1 ]]; then failed=1; fi
     fi
 fi
 

@@ -92,7 +92,6 @@ for f in "$run"/tests/test_dsp*.py; do [[ -f $f ]] && files+=("tests/$(basename 
 if [[ $frames == 1 ]]; then
     for f in "$run"/tests/test_frames*.py; do [[ -f $f ]] && files+=("tests/$(basename "$f")"); done
 fi
-for f in "$run"/tests/arm/test_*.py; do [[ -f $f ]] && files+=("tests/arm/$(basename "$f")"); done
 if [[ ${#files[@]} == 0 ]]; then
     step "emulated tests" "FAIL: no tests/test_dsp*.py to run"; failed=1
 else

@@ -50,7 +50,7 @@ from instrument.frames import (
 log = logging.getLogger("ionstream.mzml")
 
 __all__ = [
-    "Spectrum", "ExportSummary", "ImportSummary", "PeaksSummary", "MzMLError",
+    "Spectrum", "PeakPicker", "ExportSummary", "ImportSummary", "PeaksSummary", "MzMLError",
     "read_spectra", "read_capture_spectra", "read_mzml_spectra", "count_spectra",
     "export_capture", "import_mzml", "pick_peaks", "dsp_params_from_config", "is_capture",
     "CSV_COLUMNS",
@@ -744,14 +744,79 @@ def dsp_params_from_config(config=None) -> dict[str, Any]:
     return {"smoothing": config.dsp.smoothing, "min_snr": config.dsp.min_snr}
 
 
-def _scan_work(dsp_params: dict[str, Any] | None):
-    from ionstream.processing import ScanWork
+_PEAK_FIELDS = (("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
+_DEFAULT_SMOOTHING = "savgol"   # the configuration's default (ionstream.config.DspConfig)
 
-    params = dict(dsp_params) if dsp_params is not None else dsp_params_from_config()
-    try:
-        return ScanWork(dsp_params=params, xic_windows=[]), params
-    except ImportError as exc:
-        raise MzMLError(f"peak picking needs the DSP stage (dsp.ScanProcessor): {exc}") from None
+
+class PeakPicker:
+    """Peak picking for offline spectra with the live pipeline's DSP code.
+
+    * A scan read from a capture goes through :class:`ionstream.processing.ScanWork`, the
+      per-scan path of the daemon's DSP workers, with the daemon's ``[dsp]`` settings: the
+      peaks are those the daemon publishes when it replays the capture.
+    * A spectrum read from an mzML file goes through :func:`dsp.pick_centroids`, the DSP
+      stage's entry point for one profile spectrum on its own m/z axis (same kernel; it adapts
+      its sample-based widths to the spectrum's peak width and handles zero-suppressed
+      profiles). It gets ``min_snr`` from the settings, and ``smoothing`` only when the
+      configuration chose one other than the default (else pick_centroids chooses).
+
+    Calling it returns the wire layout of the ``peaks`` topic: mz (<f8), intensity, area,
+    fwhm, snr (<f4), sorted by m/z.
+    """
+
+    def __init__(self, dsp_params: dict[str, Any] | None = None):
+        self.params = dict(dsp_params) if dsp_params is not None else dsp_params_from_config()
+        self._work = None
+        self._work_error: str | None = None
+        self._warned = False
+
+    def _scan_work(self):
+        if self._work is None and self._work_error is None:
+            try:
+                from ionstream.processing import ScanWork
+
+                self._work = ScanWork(dsp_params=dict(self.params), xic_windows=[])
+            except Exception as exc:  # the DSP stage not wired (ImportError) or refusing the settings
+                self._work_error = f"{type(exc).__name__}: {exc}"
+        return self._work
+
+    def pick_params(self) -> dict[str, Any]:
+        """The keyword arguments given to dsp.pick_centroids."""
+        params = {}
+        if "min_snr" in self.params:
+            params["min_snr"] = float(self.params["min_snr"])
+        if self.params.get("smoothing", _DEFAULT_SMOOTHING) != _DEFAULT_SMOOTHING:
+            params["smoothing"] = self.params["smoothing"]
+        return params
+
+    def __call__(self, s: "Spectrum") -> dict[str, np.ndarray]:
+        if len(s.mz) < 3:
+            return {name: np.zeros(0, dtype) for name, dtype in _PEAK_FIELDS}
+        if s.header is not None:
+            work = self._scan_work()
+            if work is not None:
+                mz = s.mz if s.header.axis_kind == AxisKind.EXPLICIT else None
+                p = work.process(s.header, s.intensity, mz).peaks
+                return {name: np.asarray(p[name], dtype=dtype) for name, dtype in _PEAK_FIELDS}
+            if not self._warned:
+                self._warned = True
+                log.warning("the pipeline's per-scan path (ScanWork) is not available (%s); capture scans are "
+                            "picked with dsp.pick_centroids instead", self._work_error)
+        return self._pick_centroids(s.mz, s.intensity)
+
+    def _pick_centroids(self, mz: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            from dsp import pick_centroids
+        except ImportError as exc:
+            raise MzMLError(f"peak picking needs the DSP stage (dsp.pick_centroids): {exc}") from None
+        mz = np.asarray(mz, dtype=np.float64)
+        if not np.all(np.diff(mz) > 0):  # pick_centroids wants a strictly increasing axis
+            order = np.argsort(mz, kind="stable")
+            mz, intensity = mz[order], np.asarray(intensity)[order]
+            keep = np.concatenate(([True], np.diff(mz) > 0))
+            mz, intensity = mz[keep], intensity[keep]
+        p = pick_centroids(mz, intensity, **self.pick_params())
+        return {name: np.ascontiguousarray(p[name], dtype=dtype) for name, dtype in _PEAK_FIELDS}
 
 
 def _processing_params(w_params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -781,12 +846,12 @@ def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike,
         description = reader.description
     source = description.get("source") if isinstance(description.get("source"), dict) else {}
     summary = ExportSummary(path=str(out_path), centroided=centroid, status_frames=pre.status_frames)
-    work = None
+    picker = None
     processing = None
     if centroid:
-        work, params = _scan_work(dsp_params)
-        summary.dsp = params
-        processing = _processing_params(params)
+        picker = PeakPicker(dsp_params)
+        summary.dsp = picker.params
+        processing = _processing_params(picker.params)
     run_id = re.sub(r"[^A-Za-z0-9_.-]", "_", capture_path.stem) or "run"
     if not run_id[0].isalpha() and run_id[0] != "_":
         run_id = "_" + run_id  # an xs:ID starts with a letter or underscore
@@ -798,8 +863,8 @@ def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike,
                        unique_scans=not pre.duplicate_scans, processing=processing, compress=compress)
         try:
             for s in read_capture_spectra(capture_path, stats=stats):
-                if work is not None:
-                    p = work.process(s.header, s.intensity, s.mz).peaks
+                if picker is not None:
+                    p = picker(s)
                     out.write(s, p["mz"], p["intensity"], snr=p["snr"])
                     summary.peaks += len(p["mz"])
                 else:
@@ -845,7 +910,8 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
     capture = is_capture(in_path)
     if not capture:
         mzml_metadata(in_path)  # a clear error for a file that is not mzML
-    work, params = _scan_work(dsp_params)
+    picker = PeakPicker(dsp_params)
+    params = picker.params
     summary = PeaksSummary(path=str(out_path), centroided=True, dsp=params)
     levels = None if ms_levels is None else {int(x) for x in ms_levels}
     spectra = read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path)
@@ -859,10 +925,7 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                 continue
             if levels is not None and s.ms_level not in levels:
                 continue
-            if len(s.mz) == 0:
-                yield s, {k: np.zeros(0) for k in ("mz", "intensity", "area", "fwhm", "snr")}
-                continue
-            yield s, work.process(s.frame_header(), s.intensity, s.mz).peaks
+            yield s, picker(s)
 
     if suffix == ".csv":
         with _atomic_output(out_path) as tmp, open(tmp, "w", newline="") as f:

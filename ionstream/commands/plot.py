@@ -68,17 +68,16 @@ def find_scan(path, scan: int | None = None, index: int | None = None, *, tic: b
 
 
 def pick(spectrum, dsp_params: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
-    """The live pipeline's peaks for this spectrum, or None when the DSP stage is not available."""
-    from ionstream.mzml import MzMLError, _scan_work
+    """The pipeline's peaks for this spectrum (ionstream.mzml.PeakPicker), or None for a centroided one."""
+    from ionstream.mzml import MzMLError, PeakPicker
 
+    if spectrum.centroided:
+        return None
     try:
-        work, _ = _scan_work(dsp_params)
+        return PeakPicker(dsp_params)(spectrum)
     except MzMLError as exc:
         log.warning("%s; drawing without peaks", exc)
         return None
-    if spectrum.centroided:
-        return None
-    return work.process(spectrum.frame_header(), spectrum.intensity, spectrum.mz).peaks
 
 
 def draw(spectrum, peaks: dict[str, np.ndarray] | None, *, tic=None, mz_range=None, labels: int = 10,
@@ -108,8 +107,14 @@ def draw(spectrum, peaks: dict[str, np.ndarray] | None, *, tic=None, mz_range=No
         # mark each centroid on the drawn trace (the trace includes the baseline the height excludes)
         py = np.interp(pm, mz, y) if len(mz) > 1 else np.zeros(len(pm))
         ax.plot(pm[in_view], py[in_view], "v", color="#c0392b", markersize=4, label=f"{int(in_view.sum())} peaks")
-        order = np.argsort(np.asarray(peaks["intensity"])[in_view])[::-1][:labels]
-        idx = np.flatnonzero(in_view)[order]
+        from ionstream.viewer import top_peaks
+
+        lo, hi = mz_range or (float(mz[0]), float(mz[-1]))
+        sub = np.flatnonzero(in_view)
+        # the tallest peaks, one label per cluster (no two closer than 2.5 % of the m/z range)
+        order = top_peaks(pm[sub], np.asarray(peaks["intensity"], dtype=np.float64)[sub], labels,
+                          min_separation=0.025 * (hi - lo))
+        idx = sub[order]
         for k in idx:
             ax.annotate(f"{pm[k]:.4f}", (pm[k], py[k]), xytext=(0, 4), textcoords="offset points",
                         ha="center", va="bottom", fontsize=7, color="#c0392b", rotation=90)

@@ -8,9 +8,9 @@ selection, the prominence walks and the width walks are adapted from SciPy's
 ``scipy/signal/_peak_finding_utils.pyx`` (BSD-3-Clause; Copyright (c) 2001-2002 Enthought, Inc.,
 2003-2024 SciPy Developers; see https://github.com/scipy/scipy/blob/main/LICENSE.txt). What is ours:
 
-* block summaries (min and max of every 64-sample block and every 4096-sample superblock) let a walk
-  jump over a whole block when no sample in it can stop or change the walk, so a walk's cost is
-  O(64 + distance / 64) instead of O(distance); the result is the same sample by sample;
+* summaries (min and max of every 16-sample sub-block, 64-sample block and 4096-sample superblock)
+  let a walk jump over a whole (sub)block when no sample in it can stop it, so a walk's cost is
+  about O(16 + distance / 64) instead of O(distance); the result is the same sample by sample;
 * a plateau start whose value is below a per-block bound cannot be a kept peak (height bound, and
   the prominence bound ``x[p] - max(min(x[:p+1]), min(x[p:]))`` >= prominence), so blocks whose
   maximum is below the bound are skipped without looking at their samples;
@@ -30,6 +30,8 @@ ctypedef fused real_t:
     double
 
 cdef enum:
+    SUB_SHIFT = 4
+    SUB = 16
     BLK_SHIFT = 6
     BLK = 64
     SUP_SHIFT = 12
@@ -285,7 +287,55 @@ cdef extern from *:
         *s1 = a1; *s2 = a2;
         return k;
     }
+
+    /* min/max of each of the nq full 16-sample sub-blocks of p (NaN flagged). */
+    static inline void ion_sub16_f(const float *p, Py_ssize_t nq, float *qmin, float *qmax, int *nan) {
+        Py_ssize_t q = 0;
+    #if defined(__SSE2__)
+        __m128 bad = _mm_setzero_ps();
+        for (; q < nq; q++) {
+            const float *b = p + 16 * q;
+            __m128 a0 = _mm_loadu_ps(b), a1 = _mm_loadu_ps(b + 4), a2 = _mm_loadu_ps(b + 8), a3 = _mm_loadu_ps(b + 12);
+            bad = _mm_or_ps(bad, _mm_or_ps(_mm_cmpunord_ps(a0, a1), _mm_cmpunord_ps(a2, a3)));
+            __m128 lo = _mm_min_ps(_mm_min_ps(a0, a1), _mm_min_ps(a2, a3));
+            __m128 hi = _mm_max_ps(_mm_max_ps(a0, a1), _mm_max_ps(a2, a3));
+            lo = _mm_min_ps(lo, _mm_shuffle_ps(lo, lo, _MM_SHUFFLE(1, 0, 3, 2)));
+            hi = _mm_max_ps(hi, _mm_shuffle_ps(hi, hi, _MM_SHUFFLE(1, 0, 3, 2)));
+            lo = _mm_min_ss(lo, _mm_shuffle_ps(lo, lo, _MM_SHUFFLE(2, 3, 0, 1)));
+            hi = _mm_max_ss(hi, _mm_shuffle_ps(hi, hi, _MM_SHUFFLE(2, 3, 0, 1)));
+            _mm_store_ss(qmin + q, lo);
+            _mm_store_ss(qmax + q, hi);
+        }
+        if (_mm_movemask_ps(bad)) *nan = 1;
+    #endif
+        for (; q < nq; q++) ion_minmax_f(p + 16 * q, 16, qmin + q, qmax + q, nan);
+    }
+    static inline void ion_sub16_d(const double *p, Py_ssize_t nq, double *qmin, double *qmax, int *nan) {
+        Py_ssize_t q = 0;
+    #if defined(__SSE2__)
+        __m128d bad = _mm_setzero_pd();
+        for (; q < nq; q++) {
+            const double *b = p + 16 * q;
+            __m128d a0 = _mm_loadu_pd(b), a1 = _mm_loadu_pd(b + 2), a2 = _mm_loadu_pd(b + 4), a3 = _mm_loadu_pd(b + 6);
+            __m128d a4 = _mm_loadu_pd(b + 8), a5 = _mm_loadu_pd(b + 10), a6 = _mm_loadu_pd(b + 12), a7 = _mm_loadu_pd(b + 14);
+            bad = _mm_or_pd(bad, _mm_or_pd(_mm_or_pd(_mm_cmpunord_pd(a0, a1), _mm_cmpunord_pd(a2, a3)),
+                                           _mm_or_pd(_mm_cmpunord_pd(a4, a5), _mm_cmpunord_pd(a6, a7))));
+            __m128d lo = _mm_min_pd(_mm_min_pd(_mm_min_pd(a0, a1), _mm_min_pd(a2, a3)),
+                                    _mm_min_pd(_mm_min_pd(a4, a5), _mm_min_pd(a6, a7)));
+            __m128d hi = _mm_max_pd(_mm_max_pd(_mm_max_pd(a0, a1), _mm_max_pd(a2, a3)),
+                                    _mm_max_pd(_mm_max_pd(a4, a5), _mm_max_pd(a6, a7)));
+            lo = _mm_min_sd(lo, _mm_unpackhi_pd(lo, lo));
+            hi = _mm_max_sd(hi, _mm_unpackhi_pd(hi, hi));
+            _mm_store_sd(qmin + q, lo);
+            _mm_store_sd(qmax + q, hi);
+        }
+        if (_mm_movemask_pd(bad)) *nan = 1;
+    #endif
+        for (; q < nq; q++) ion_minmax_d(p + 16 * q, 16, qmin + q, qmax + q, nan);
+    }
     """
+    void ion_sub16_f(const float *p, Py_ssize_t nq, float *qmin, float *qmax, int *nan) noexcept nogil
+    void ion_sub16_d(const double *p, Py_ssize_t nq, double *qmin, double *qmax, int *nan) noexcept nogil
     void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) noexcept nogil
     void ion_affine_tile(float *y, Py_ssize_t n, float b0, float bs, float w0, float ws) noexcept nogil
     int ion_conv_fixed(const float *x, float *y, Py_ssize_t lo, Py_ssize_t hi, const float *c, Py_ssize_t h) noexcept nogil
@@ -310,22 +360,50 @@ cdef inline Py_ssize_t n_supers(Py_ssize_t n) noexcept nogil:
     return (n + SUP - 1) >> SUP_SHIFT
 
 
-cdef inline int summaries(const real_t* x, Py_ssize_t n, real_t* bmin, real_t* bmax,
-                          real_t* smin, real_t* smax) noexcept nogil:
-    """Min and max of every 64-sample block and 4096-sample superblock (the last ones partial).
+cdef inline Py_ssize_t n_subs(Py_ssize_t n) noexcept nogil:
+    return (n + SUB - 1) >> SUB_SHIFT
 
-    Returns 1 if x has a NaN (the summaries are then not to be used).
-    """
-    cdef Py_ssize_t nb = n_blocks(n), ns = n_supers(n), b, s, lo, hi
-    cdef int nan = 0
+
+cdef inline void sub_summaries(const real_t* x, Py_ssize_t n, real_t* qmin, real_t* qmax, int* nan) noexcept nogil:
+    """Min and max of every 16-sample sub-block of x[0:n] (the last one partial)."""
+    cdef Py_ssize_t full = n >> SUB_SHIFT
+    if real_t is float:
+        ion_sub16_f(x, full, qmin, qmax, nan)
+    else:
+        ion_sub16_d(x, full, qmin, qmax, nan)
+    if n & (SUB - 1):
+        minmax(x + (full << SUB_SHIFT), n & (SUB - 1), &qmin[full], &qmax[full], nan)
+
+
+cdef inline void block_from_subs(const real_t* qmin, const real_t* qmax, Py_ssize_t nq, real_t* bmin,
+                                 real_t* bmax) noexcept nogil:
+    """Block (64) minima and maxima from the sub-block (16) ones."""
+    cdef Py_ssize_t b, q, hi
     cdef real_t a, c
-    for b in range(nb):
-        lo = b << BLK_SHIFT
-        hi = lo + BLK
-        if hi > n:
-            hi = n
-        minmax(x + lo, hi - lo, &bmin[b], &bmax[b], &nan)
-    super_summaries(bmin, bmax, nb, smin, smax)
+    for b in range((nq + 3) >> 2):
+        q = b << 2
+        hi = q + 4 if q + 4 < nq else nq
+        a = qmin[q]
+        c = qmax[q]
+        q += 1
+        while q < hi:
+            if qmin[q] < a:
+                a = qmin[q]
+            if qmax[q] > c:
+                c = qmax[q]
+            q += 1
+        bmin[b] = a
+        bmax[b] = c
+
+
+cdef inline int summaries(const real_t* x, Py_ssize_t n, real_t* qmin, real_t* qmax, real_t* bmin, real_t* bmax,
+                          real_t* smin, real_t* smax) noexcept nogil:
+    """Min and max of every 16-sample sub-block, 64-sample block and 4096-sample superblock (the
+    last ones partial). Returns 1 if x has a NaN (the summaries are then not to be used)."""
+    cdef int nan = 0
+    sub_summaries(x, n, qmin, qmax, &nan)
+    block_from_subs(qmin, qmax, n_subs(n), bmin, bmax)
+    super_summaries(bmin, bmax, n_blocks(n), smin, smax)
     return nan
 
 
@@ -365,36 +443,50 @@ cdef inline Py_ssize_t _first_eq(const real_t* x, Py_ssize_t lo, Py_ssize_t hi, 
     return lo
 
 
-cdef inline Py_ssize_t walk_left_base(const real_t* x, const real_t* bmin, const real_t* bmax,
+cdef inline Py_ssize_t walk_left_base(const real_t* x, const real_t* qmin, const real_t* qmax,
+                                      const real_t* bmin, const real_t* bmax,
                                       const real_t* smin, const real_t* smax, int accel,
                                       Py_ssize_t peak, Py_ssize_t i_min, real_t* out_min) noexcept nogil:
     """SciPy's left-base search: from ``peak`` down to ``i_min`` while ``x[i] <= x[peak]``.
 
-    Returns the base (the rightmost position of the minimum) and stores the minimum.
+    Returns the base (the rightmost position of the minimum) and stores the minimum. Whole
+    sub-blocks (16), blocks (64) and superblocks (4096) whose maximum is <= x[peak] are taken from
+    their summaries; a minimum taken from a summary is located once, at the end (strict ``<``: an
+    equal minimum further on never replaces it, so the first summary holding it holds the base).
     """
     cdef real_t v = x[peak], lmin = v, m
-    cdef Py_ssize_t i = peak, base = peak, b, s, j
+    cdef Py_ssize_t i = peak, base = peak, b, s, j, where = -1
+    cdef int level = 0            # where the minimum came from: 0 sample, 1 sub-block, 2 block, 3 superblock
     while i >= i_min:
-        if accel and (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) >= i_min:
-            b = i >> BLK_SHIFT
-            if bmax[b] <= v:
-                if (b & 63) == 63 and i - (SUP - 1) >= i_min:
-                    s = b >> 6
-                    if smax[s] <= v:
-                        m = smin[s]
-                        if m < lmin:
-                            lmin = m
-                            j = b
-                            while bmin[j] != m:
-                                j -= 1
-                            base = _last_eq(x, j << BLK_SHIFT, (j << BLK_SHIFT) + BLK - 1, m)
-                        i -= SUP
-                        continue
-                m = bmin[b]
+        if accel and (i & (SUB - 1)) == SUB - 1 and i - (SUB - 1) >= i_min:
+            if (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) >= i_min:
+                b = i >> BLK_SHIFT
+                if bmax[b] <= v:
+                    if (b & 63) == 63 and i - (SUP - 1) >= i_min:
+                        s = b >> 6
+                        if smax[s] <= v:
+                            m = smin[s]
+                            if m < lmin:
+                                lmin = m
+                                level = 3
+                                where = s
+                            i -= SUP
+                            continue
+                    m = bmin[b]
+                    if m < lmin:
+                        lmin = m
+                        level = 2
+                        where = b
+                    i -= BLK
+                    continue
+            j = i >> SUB_SHIFT
+            if qmax[j] <= v:
+                m = qmin[j]
                 if m < lmin:
                     lmin = m
-                    base = _last_eq(x, i - (BLK - 1), i, m)
-                i -= BLK
+                    level = 1
+                    where = j
+                i -= SUB
                 continue
         m = x[i]
         if not (m <= v):
@@ -402,41 +494,68 @@ cdef inline Py_ssize_t walk_left_base(const real_t* x, const real_t* bmin, const
         if m < lmin:
             lmin = m
             base = i
+            level = 0
         i -= 1
+    if level == 3:
+        j = (where << 6) + 63
+        while bmin[j] != lmin:
+            j -= 1
+        where = j
+        level = 2
+    if level == 2:
+        j = (where << 2) + 3
+        while qmin[j] != lmin:
+            j -= 1
+        where = j
+        level = 1
+    if level == 1:
+        base = _last_eq(x, where << SUB_SHIFT, (where << SUB_SHIFT) + SUB - 1, lmin)
     out_min[0] = lmin
     return base
 
 
-cdef inline Py_ssize_t walk_right_base(const real_t* x, const real_t* bmin, const real_t* bmax,
+cdef inline Py_ssize_t walk_right_base(const real_t* x, const real_t* qmin, const real_t* qmax,
+                                       const real_t* bmin, const real_t* bmax,
                                        const real_t* smin, const real_t* smax, int accel,
                                        Py_ssize_t peak, Py_ssize_t i_max, real_t* out_min) noexcept nogil:
     """SciPy's right-base search: from ``peak`` up to ``i_max`` while ``x[i] <= x[peak]``.
 
-    Returns the base (the leftmost position of the minimum) and stores the minimum.
+    Returns the base (the leftmost position of the minimum) and stores the minimum (summaries as
+    in walk_left_base).
     """
     cdef real_t v = x[peak], rmin = v, m
-    cdef Py_ssize_t i = peak, base = peak, b, s, j
+    cdef Py_ssize_t i = peak, base = peak, b, s, j, where = -1
+    cdef int level = 0
     while i <= i_max:
-        if accel and (i & (BLK - 1)) == 0 and i + (BLK - 1) <= i_max:
-            b = i >> BLK_SHIFT
-            if bmax[b] <= v:
-                if (b & 63) == 0 and i + (SUP - 1) <= i_max:
-                    s = b >> 6
-                    if smax[s] <= v:
-                        m = smin[s]
-                        if m < rmin:
-                            rmin = m
-                            j = b
-                            while bmin[j] != m:
-                                j += 1
-                            base = _first_eq(x, j << BLK_SHIFT, (j << BLK_SHIFT) + BLK - 1, m)
-                        i += SUP
-                        continue
-                m = bmin[b]
+        if accel and (i & (SUB - 1)) == 0 and i + (SUB - 1) <= i_max:
+            if (i & (BLK - 1)) == 0 and i + (BLK - 1) <= i_max:
+                b = i >> BLK_SHIFT
+                if bmax[b] <= v:
+                    if (b & 63) == 0 and i + (SUP - 1) <= i_max:
+                        s = b >> 6
+                        if smax[s] <= v:
+                            m = smin[s]
+                            if m < rmin:
+                                rmin = m
+                                level = 3
+                                where = s
+                            i += SUP
+                            continue
+                    m = bmin[b]
+                    if m < rmin:
+                        rmin = m
+                        level = 2
+                        where = b
+                    i += BLK
+                    continue
+            j = i >> SUB_SHIFT
+            if qmax[j] <= v:
+                m = qmin[j]
                 if m < rmin:
                     rmin = m
-                    base = _first_eq(x, i, i + (BLK - 1), m)
-                i += BLK
+                    level = 1
+                    where = j
+                i += SUB
                 continue
         m = x[i]
         if not (m <= v):
@@ -444,14 +563,29 @@ cdef inline Py_ssize_t walk_right_base(const real_t* x, const real_t* bmin, cons
         if m < rmin:
             rmin = m
             base = i
+            level = 0
         i += 1
+    if level == 3:
+        j = where << 6
+        while bmin[j] != rmin:
+            j += 1
+        where = j
+        level = 2
+    if level == 2:
+        j = where << 2
+        while qmin[j] != rmin:
+            j += 1
+        where = j
+        level = 1
+    if level == 1:
+        base = _first_eq(x, where << SUB_SHIFT, (where << SUB_SHIFT) + SUB - 1, rmin)
     out_min[0] = rmin
     return base
 
 
-cdef inline void prominence(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
-                            const real_t* smin, const real_t* smax, int accel, Py_ssize_t wlen,
-                            PeakRec* r) noexcept nogil:
+cdef inline void prominence(const real_t* x, Py_ssize_t n, const real_t* qmin, const real_t* qmax,
+                            const real_t* bmin, const real_t* bmax, const real_t* smin, const real_t* smax,
+                            int accel, Py_ssize_t wlen, PeakRec* r) noexcept nogil:
     """Prominence and bases of the peak ``r.index`` (SciPy's _peak_prominences body)."""
     cdef Py_ssize_t peak = r.index, i_min = 0, i_max = n - 1
     cdef real_t lmin, rmin
@@ -461,52 +595,84 @@ cdef inline void prominence(const real_t* x, Py_ssize_t n, const real_t* bmin, c
             i_min = peak - wlen // 2
         if peak + wlen // 2 < i_max:
             i_max = peak + wlen // 2
-    r.left_base = walk_left_base(x, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
-    r.right_base = walk_right_base(x, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
+    r.left_base = walk_left_base(x, qmin, qmax, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
+    r.right_base = walk_right_base(x, qmin, qmax, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
     dl = <double>lmin
     dr = <double>rmin
     r.prominence = (<double>x[peak]) - max(dl, dr)
 
 
-cdef inline int prominence_at_least(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
-                                    const real_t* smin, const real_t* smax, int accel, Py_ssize_t wlen,
-                                    double pmin, PeakRec* r) noexcept nogil:
-    """:func:`prominence`, but 0 as soon as the left walk shows ``prominence < pmin``.
+cdef inline double _pbound(double pmin, double m) noexcept nogil:
+    """``pmin + m`` less a relative margin of 1e-9, so that rounding in ``x[p] - max(...)`` cannot
+    make a rejected peak one that SciPy keeps."""
+    cdef double t = pmin + m
+    return t - (1e-9 * (fabs(pmin) + fabs(m)) + 1e-300)
 
-    Exact: ``fl(v - max(lmin, rmin)) <= fl(v - lmin)`` (rounding is monotone), so
-    ``fl(v - lmin) < pmin`` rejects the peak whatever the right walk finds; the right walk is skipped.
+
+cdef inline int prominence_at_least(const real_t* x, Py_ssize_t n, const real_t* qmin, const real_t* qmax,
+                                    const real_t* bmin, const real_t* bmax, const real_t* smin,
+                                    const real_t* smax, int accel, Py_ssize_t wlen, double pmin,
+                                    PeakRec* r) noexcept nogil:
+    """:func:`prominence`, but 0 as soon as it is clear that ``prominence < pmin``.
+
+    Exact. First O(1) sub-block bounds: if the sub-block left of the plateau start holds a sample
+    above v, the left walk stops inside those two sub-blocks (or at the plateau), so
+    ``left_min >= min(qmin[sb-1], qmin[sb])`` and ``v - left_min <= v - that`` (likewise right of
+    the plateau end; at the signal's ends the walk stops there). Then the left walk:
+    ``fl(v - max(lmin, rmin)) <= fl(v - lmin)`` (rounding is monotone), so ``fl(v - lmin) < pmin``
+    rejects the peak whatever the right walk finds; the right walk is skipped.
     """
-    cdef Py_ssize_t peak = r.index, i_min = 0, i_max = n - 1
-    cdef real_t lmin, rmin
+    cdef Py_ssize_t peak = r.index, i_min = 0, i_max = n - 1, sb, se, nq
+    cdef real_t lmin, rmin, lo
     cdef double dl, dr, v = <double>x[peak]
+    if accel:
+        sb = r.left_edge >> SUB_SHIFT
+        lo = qmin[sb]
+        if sb == 0 or qmax[sb - 1] > x[peak]:
+            if sb > 0 and qmin[sb - 1] < lo:
+                lo = qmin[sb - 1]
+            if v < _pbound(pmin, <double>lo):
+                return 0
+        nq = n_subs(n)
+        se = r.right_edge >> SUB_SHIFT
+        lo = qmin[se]
+        if se == nq - 1 or qmax[se + 1] > x[peak]:
+            if se < nq - 1 and qmin[se + 1] < lo:
+                lo = qmin[se + 1]
+            if v < _pbound(pmin, <double>lo):
+                return 0
     if 2 <= wlen:
         if peak - wlen // 2 > i_min:
             i_min = peak - wlen // 2
         if peak + wlen // 2 < i_max:
             i_max = peak + wlen // 2
-    r.left_base = walk_left_base(x, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
+    r.left_base = walk_left_base(x, qmin, qmax, bmin, bmax, smin, smax, accel, peak, i_min, &lmin)
     dl = <double>lmin
     if not (pmin <= v - dl):
         return 0
-    r.right_base = walk_right_base(x, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
+    r.right_base = walk_right_base(x, qmin, qmax, bmin, bmax, smin, smax, accel, peak, i_max, &rmin)
     dr = <double>rmin
     r.prominence = v - max(dl, dr)
     return 1
 
 
-cdef inline void width(const real_t* x, const real_t* bmin, int accel, double rel_height,
+cdef inline void width(const real_t* x, const real_t* qmin, const real_t* bmin, int accel, double rel_height,
                        PeakRec* r) noexcept nogil:
     """Width at ``rel_height`` of the prominence (SciPy's _peak_widths body); needs the bases."""
     cdef Py_ssize_t peak = r.index, i_min = r.left_base, i_max = r.right_base, i
     cdef double height, left_ip, right_ip
     height = (<double>x[peak]) - r.prominence * rel_height
     r.width_height = height
-    # left intersection
+    # left intersection (whole sub-blocks/blocks above the contour are skipped)
     i = peak
     while i_min < i:
-        if accel and (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) > i_min and height < bmin[i >> BLK_SHIFT]:
-            i -= BLK
-            continue
+        if accel and (i & (SUB - 1)) == SUB - 1 and i - (SUB - 1) > i_min:
+            if (i & (BLK - 1)) == BLK - 1 and i - (BLK - 1) > i_min and height < bmin[i >> BLK_SHIFT]:
+                i -= BLK
+                continue
+            if height < qmin[i >> SUB_SHIFT]:
+                i -= SUB
+                continue
         if not (height < x[i]):
             break
         i -= 1
@@ -517,9 +683,13 @@ cdef inline void width(const real_t* x, const real_t* bmin, int accel, double re
     # right intersection
     i = peak
     while i < i_max:
-        if accel and (i & (BLK - 1)) == 0 and i + (BLK - 1) < i_max and height < bmin[i >> BLK_SHIFT]:
-            i += BLK
-            continue
+        if accel and (i & (SUB - 1)) == 0 and i + (SUB - 1) < i_max:
+            if (i & (BLK - 1)) == 0 and i + (BLK - 1) < i_max and height < bmin[i >> BLK_SHIFT]:
+                i += BLK
+                continue
+            if height < qmin[i >> SUB_SHIFT]:
+                i += SUB
+                continue
         if not (height < x[i]):
             break
         i += 1
@@ -571,30 +741,23 @@ cdef inline int pre_conditions(const real_t* x, const Conds* c, PeakRec* r) noex
     return 1
 
 
-cdef inline int post_conditions(const real_t* x, Py_ssize_t n, const real_t* bmin, const real_t* bmax,
-                                const real_t* smin, const real_t* smax, int accel, const Conds* c,
-                                PeakRec* r) noexcept nogil:
+cdef inline int post_conditions(const real_t* x, Py_ssize_t n, const real_t* qmin, const real_t* qmax,
+                                const real_t* bmin, const real_t* bmax, const real_t* smin, const real_t* smax,
+                                int accel, const Conds* c, PeakRec* r) noexcept nogil:
     """prominence and width conditions (after the distance selection, as in find_peaks)."""
     if c.need_prom:
         if c.has_pmin:
-            if not prominence_at_least(x, n, bmin, bmax, smin, smax, accel, c.wlen, c.pmin, r):
+            if not prominence_at_least(x, n, qmin, qmax, bmin, bmax, smin, smax, accel, c.wlen, c.pmin, r):
                 return 0
         else:
-            prominence(x, n, bmin, bmax, smin, smax, accel, c.wlen, r)
+            prominence(x, n, qmin, qmax, bmin, bmax, smin, smax, accel, c.wlen, r)
         if not in_interval(r.prominence, c.has_pmin, c.pmin, c.has_pmax, c.pmax):
             return 0
     if c.need_width:
-        width(x, bmin, accel, c.rel_height, r)
+        width(x, qmin, bmin, accel, c.rel_height, r)
         if not in_interval(r.width, c.has_wmin, c.wmin, c.has_wmax, c.wmax):
             return 0
     return 1
-
-
-cdef inline double _pbound(double pmin, double m) noexcept nogil:
-    """``pmin + m`` less a relative margin of 1e-9, so that rounding in ``x[p] - max(...)`` cannot
-    make a rejected peak one that SciPy keeps."""
-    cdef double t = pmin + m
-    return t - (1e-9 * (fabs(pmin) + fabs(m)) + 1e-300)
 
 
 cdef inline void block_bounds(const real_t* bmin, const real_t* bmax, Py_ssize_t nb, const Conds* c,

@@ -17,7 +17,7 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 from libc.math cimport ceil, INFINITY
 
-from cext._dspcore cimport (real_t, PeakRec, Conds, BLK_SHIFT, n_blocks, n_supers, summaries,
+from cext._dspcore cimport (real_t, PeakRec, Conds, BLK_SHIFT, n_blocks, n_supers, n_subs, summaries,
                             pre_conditions, post_conditions, block_bounds, scan_maxima)
 
 cnp.import_array()
@@ -57,7 +57,7 @@ cdef class PeakFinder:
 
     cdef PeakRec* recs
     cdef Py_ssize_t cap
-    cdef char* summ          # bmin | bmax | smin | smax, each sized for doubles
+    cdef char* summ          # qmin | qmax | bmin | bmax | smin | smax, each sized for doubles
     cdef double* thr
     cdef Py_ssize_t summ_n   # samples the summary buffers can hold
     cdef public bint last_accelerated
@@ -82,7 +82,7 @@ cdef class PeakFinder:
             return 0
         nb = n_blocks(n)
         ns = n_supers(n)
-        s = <char*>realloc(self.summ, (2 * nb + 2 * ns) * sizeof(double))
+        s = <char*>realloc(self.summ, (2 * n_subs(n) + 2 * nb + 2 * ns) * sizeof(double))
         if s == NULL:
             raise MemoryError()
         self.summ = s
@@ -157,6 +157,8 @@ cdef class PeakFinder:
 
 cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distance, tuple fields):
     cdef Py_ssize_t n = x.shape[0], nb, ns, m = 0, k, j, i, pos, s, e, p, size, distance_, cap
+    cdef real_t *qmin
+    cdef real_t *qmax
     cdef real_t *bmin
     cdef real_t *bmax
     cdef real_t *smin
@@ -187,13 +189,15 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
     self._reserve_summ(n)
     nb = n_blocks(n)
     ns = n_supers(n)
-    bmin = <real_t*>self.summ
+    qmin = <real_t*>self.summ
+    qmax = qmin + n_subs(n)
+    bmin = qmax + n_subs(n)
     bmax = bmin + nb
     smin = bmax + nb
     smax = smin + ns
     xp = &x[0]
     with nogil:
-        nan = summaries(xp, n, bmin, bmax, smin, smax)
+        nan = summaries(xp, n, qmin, qmax, bmin, bmax, smin, smax)
         accel = not nan
         prune = accel and c.need_prom and c.has_pmin
         if has_distance:
@@ -221,7 +225,7 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
                     break
                 rp[0] = r
             else:
-                if not post_conditions(xp, n, bmin, bmax, smin, smax, accel, c, &r):
+                if not post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &r):
                     continue
                 put(&o, m, &r)
             m += 1
@@ -255,7 +259,7 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
             for k in range(m):
                 if not keep[k] or recs[k].height < self.thr[nb + (recs[k].left_edge >> BLK_SHIFT)]:
                     continue
-                if post_conditions(xp, n, bmin, bmax, smin, smax, accel, c, &recs[k]):
+                if post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &recs[k]):
                     put(&o, size, &recs[k])
                     size += 1
         m = size

@@ -30,7 +30,8 @@ cimport numpy as cnp
 from libc.math cimport log, exp, sqrt, fabs, INFINITY
 from libc.string cimport memcpy
 
-from cext._dspcore cimport (Conds, PeakRec, BLK_SHIFT, n_blocks, n_supers, minmax, super_summaries, ion_affine_tile,
+from cext._dspcore cimport (Conds, PeakRec, BLK_SHIFT, n_blocks, n_supers, n_subs, sub_summaries,
+                            block_from_subs, super_summaries, ion_affine_tile,
                             ion_sum_u16, ion_sum_i16,
                             pre_conditions, post_conditions, block_bounds, scan_maxima, conv_interior,
                             conv_at, conv_edges_interp, MODE_INTERP, block_statistics, stats_blocks,
@@ -228,6 +229,8 @@ cdef class ScanKernel:
     cdef object _xf, _y, _f32, _f64
     cdef float* xf
     cdef float* y
+    cdef float* qmin
+    cdef float* qmax
     cdef float* bmin
     cdef float* bmax
     cdef float* smin
@@ -327,13 +330,16 @@ cdef class ScanKernel:
             m = nbs     # sbuf also holds one value per statistics block (the summary medians)
         self._xf = np.empty(n, np.float32)
         self._y = np.empty(n, np.float32)
-        f32 = 2 * nb + 2 * ns + 4 * nt + 2 * m
+        f32 = 2 * n_subs(n) + 2 * nb + 2 * ns + 4 * nt + 2 * m
         f64 = nb + 5 * nbs + 2 * (4 * self.max_half + 8)
         self._f32 = np.empty(f32, np.float32)
         self._f64 = np.empty(f64, np.float64)
         self.xf = <float*>cnp.PyArray_DATA(self._xf)
         self.y = <float*>cnp.PyArray_DATA(self._y)
         cdef float* p = <float*>cnp.PyArray_DATA(self._f32)
+        self.qmin = p
+        self.qmax = p + n_subs(n)
+        p += 2 * n_subs(n)
         self.bmin = p
         self.bmax = p + nb
         self.smin = p + 2 * nb
@@ -495,7 +501,8 @@ cdef class ScanKernel:
             wsl = self.tws[t]
             ion_affine_tile(y + lo, hi - lo, b0, bsl, w0, wsl)
             basesum += <double>(hi - lo) * b0 + <double>bsl * <double>((hi - lo - 1) * (hi - lo) // 2)
-            minmax(y + lo, hi - lo, &self.bmin[t], &self.bmax[t], &nan)
+            sub_summaries(y + lo, hi - lo, self.qmin + 4 * t, self.qmax + 4 * t, &nan)
+        block_from_subs(self.qmin, self.qmax, n_subs(n), self.bmin, self.bmax)
         super_summaries(self.bmin, self.bmax, nb, self.smin, self.smax)
         self.tic = self.raw_sum - basesum
         self.had_nan = nan
@@ -514,7 +521,8 @@ cdef class ScanKernel:
             r.right_edge = e
             if not pre_conditions(y, &self.conds, &r):
                 continue
-            if not post_conditions(y, n, self.bmin, self.bmax, self.smin, self.smax, accel, &self.conds, &r):
+            if not post_conditions(y, n, self.qmin, self.qmax, self.bmin, self.bmax, self.smin, self.smax, accel,
+                                   &self.conds, &r):
                 continue
             detected += 1
             self._centroid(n, &r, ap, t0, dt, c0, c1, c2, &c)

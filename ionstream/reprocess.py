@@ -31,7 +31,7 @@ Output, one directory per capture under ``out/`` (a data scientist opens it with
 
     run1/peaks.parquet     scan, mz, intensity, area, fwhm, snr        (one row per peak)
     run1/classes.parquet   scan, label, confidence, probabilities      (one row per scan)
-    run1/events.parquet    scan, t_device_ns, then the event's fields  (elution events)
+    run1/events.parquet    scan, trace, kind, start/apex/end scans and times, height, area, ...
     run1/scans.parquet     scan, sequence, t_device_ns, t_host_ns, ms_level, polarity, tic, xic, n_peaks
     run1/done.json         the key, the settings, the capture's identity, counts, time
     summary.parquet        one row per capture of the last run (done, skipped, failed)
@@ -272,12 +272,46 @@ def _scan_work(settings: Settings, feature_spec):
     return cached[1]
 
 
-def _trace_processor(names: list[str]):
-    try:
+class TraceStep:
+    """TIC/XIC through ``dsp.traces.TraceProcessor`` in scan order; elution events as flat dicts.
+
+    Points are pushed with their device time in seconds; the processor's point indices (pushed
+    scans, from 0) are mapped back to scan numbers. Each event dict has the scan whose arrival
+    emitted it (``scan``), ``trace`` (a name of :attr:`Settings.trace_names`), ``kind``
+    (``start``, ``apex``, ``end``), ``truncated``, ``start_scan``/``apex_scan``/``end_scan``
+    (-1: not yet known), their device times ``*_time_s`` (NaN: not yet), ``height``, ``area``
+    (counts x s, END only), ``baseline`` and ``noise`` (counts).
+    """
+
+    KINDS = {1: "start", 2: "apex", 3: "end"}  # noqa: RUF012 (constant)
+
+    def __init__(self, names: list[str]):
         from dsp.traces import TraceProcessor
-    except ImportError:
+
+        self.names = names
+        self.processor = TraceProcessor(n_xic=len(names) - 1)
+        self._scans: list[int] = []  # point index -> scan number
+
+    def update(self, scan_number: int, device_time_ns: int, tic: float, xic: np.ndarray) -> list[dict[str, Any]]:
+        self._scans.append(scan_number)
+        _, rows = self.processor.push(device_time_ns / 1e9, tic, xic if len(xic) else None)
+        return [self._event(r) for r in rows]
+
+    def _event(self, r) -> dict[str, Any]:
+        scan = (lambda i: self._scans[i] if i >= 0 else -1)
+        return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])],
+                "kind": self.KINDS.get(int(r["kind"]), str(int(r["kind"]))), "truncated": bool(r["truncated"]),
+                "start_scan": scan(int(r["start"])), "apex_scan": scan(int(r["apex"])), "end_scan": scan(int(r["end"])),
+                "start_time_s": float(r["start_time"]), "apex_time_s": float(r["apex_time"]),
+                "end_time_s": float(r["end_time"]), "height": float(r["height"]), "area": float(r["area"]),
+                "baseline": float(r["baseline"]), "noise": float(r["noise"])}
+
+
+def _trace_step(names: list[str]) -> TraceStep | None:
+    try:
+        return TraceStep(names)
+    except ImportError:  # dsp.traces not built: no events, as the daemon
         return None
-    return TraceProcessor(names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,6 +342,12 @@ class _Tables:
                                 ("t_host_ns", pa.int64()), ("ms_level", pa.int16()), ("polarity", pa.string()),
                                 ("tic", pa.float64()), ("xic", pa.list_(pa.float64())),
                                 ("n_peaks", pa.int32())]),
+            "events": pa.schema([("scan", pa.int64()), ("trace", pa.string()), ("kind", pa.string()),
+                                 ("truncated", pa.bool_()), ("start_scan", pa.int64()), ("apex_scan", pa.int64()),
+                                 ("end_scan", pa.int64()), ("start_time_s", pa.float64()),
+                                 ("apex_time_s", pa.float64()), ("end_time_s", pa.float64()),
+                                 ("height", pa.float64()), ("area", pa.float64()), ("baseline", pa.float64()),
+                                 ("noise", pa.float64())]),
         }
         self._n_xic = n_xic
 
@@ -322,14 +362,10 @@ class _Tables:
                                                             compression="zstd")
         writer.write_table(table.replace_schema_metadata(self._meta))
 
-    def close(self, events_schema=None) -> None:
-        pa, _ = _pa()
+    def close(self) -> None:
         for name, schema in self.schemas.items():  # every table exists, even when empty
             if name not in self._writers:
                 self.write(name, schema.empty_table())
-        if "events" not in self._writers:
-            self.write("events", (events_schema or pa.schema([("scan", pa.int64()), ("t_device_ns", pa.int64())]))
-                       .empty_table())
         for writer in self._writers.values():
             writer.close()
         self._writers.clear()
@@ -343,7 +379,7 @@ class _CaptureRun:
         self.tables = tables
         self.clf = classifier
         self.work = _scan_work(settings, feature_spec)
-        self.traces = _trace_processor(settings.trace_names)
+        self.traces = _trace_step(settings.trace_names)
         self.n_xic = len(settings.xic)
         bins = feature_spec.bins if feature_spec is not None else 0
         self._features = np.zeros((settings.max_batch, bins), np.float32) if classifier else None
@@ -352,7 +388,6 @@ class _CaptureRun:
         self.first_error: str | None = None
         self._reset_buffers()
         self._events: list[dict[str, Any]] = []
-        self._events_schema = None
 
     def _reset_buffers(self) -> None:
         self._peaks: dict[str, list[np.ndarray]] = {k: [] for k in ("scan",) + PEAK_FIELDS}
@@ -390,10 +425,8 @@ class _CaptureRun:
         self._xic.append(np.array(scan.xic, np.float64, copy=True))
         self.counts["scans"] += 1
         self.counts["peaks"] += npk
-        if self.traces is not None:  # as Pipeline._publish_trace, in scan order
-            values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
-            for event in self.traces.update(n, header.device_time_ns, values) or ():
-                self._events.append({"scan": n, "t_device_ns": header.device_time_ns, **_plain(event)})
+        if self.traces is not None:  # in scan order, as the daemon's sequencer emits them
+            self._events.extend(self.traces.update(n, header.device_time_ns, scan.tic, scan.xic))
         if self.clf is not None and scan.features is not None:
             i = len(self._feature_scans)
             self._features[i] = scan.features
@@ -439,30 +472,11 @@ class _CaptureRun:
                                                                        probs.shape[1])}
             t.write("classes", pa.Table.from_pydict(cols, schema=t.schemas["classes"]))
             self.counts["classified"] += len(top)
-        if final and self._events:  # few per capture: kept to the end, so one schema covers every kind
-            keys = list(dict.fromkeys(k for e in self._events for k in e))  # every field of every kind
-            table = pa.Table.from_pydict({k: [e.get(k) for e in self._events] for k in keys})
-            self._events_schema = table.schema
-            t.write("events", table)
+        if self._events:
+            t.write("events", pa.Table.from_pylist(self._events, schema=t.schemas["events"]))
             self.counts["events"] += len(self._events)
             self._events = []
         self._reset_buffers()
-
-
-def _plain(event: Any) -> dict[str, Any]:
-    """An elution event as a flat dict of scalars (nested values become JSON text)."""
-    if dataclasses.is_dataclass(event):
-        event = dataclasses.asdict(event)
-    if not isinstance(event, dict):
-        return {"event": json.dumps(event, default=str)}
-    out = {}
-    for k, v in event.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, (list, tuple, dict)):
-            v = json.dumps(v, default=str)
-        out[k] = v
-    return out
 
 
 def process_capture(task: dict[str, Any]) -> dict[str, Any]:
@@ -503,7 +517,7 @@ def process_capture(task: dict[str, Any]) -> dict[str, Any]:
                     else:
                         run.counts["status_frames"] += 1
             run.flush(final=True)
-            tables.close(run._events_schema)
+            tables.close()
             stats = decoder.stats
             row.update(run.counts, crc_errors=stats.header_crc_errors + stats.payload_crc_errors,
                        sequence_gaps=stats.sequence_gaps, torn_tail_bytes=reader.torn_tail_bytes,

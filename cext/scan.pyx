@@ -13,8 +13,8 @@
    half prominence): exactly ``scipy.signal.find_peaks(trace, height=..., prominence=..., wlen=...,
    width=...)``;
 6. for each peak a centroid from the baseline-subtracted samples ``xf - baseline`` (not the
-   smoothed ones), in m/z coordinates: a Gaussian fitted over +-k samples of the apex (k ~ 0.75
-   FWHM from the trace's width at half prominence, inside the prominence bases), started by a
+   smoothed ones), in m/z coordinates: a Gaussian fitted over +-k samples of the apex (k =
+   ``fit_window`` FWHMs from the trace's width at half prominence, inside the prominence bases), started by a
    weighted log-parabola (Guo 2011) and finished by Gauss-Newton steps of weighted least squares
    (weights 1 / (noise**2 + shot_gain * model)); this reaches the Cramer-Rao bound on simulated
    TOF peaks where the log-parabola alone has 15-70 % of its efficiency. Its centre, height and
@@ -222,7 +222,7 @@ cdef class ScanKernel:
     cdef Py_ssize_t block, stride
     cdef double noise_floor
     cdef Conds conds
-    cdef double min_snr, area_floor, shot_gain
+    cdef double min_snr, area_floor, shot_gain, fit_window
     cdef Py_ssize_t max_half
     # buffers (numpy arrays keep them alive; views handed out stay valid)
     cdef Py_ssize_t cap
@@ -263,7 +263,7 @@ cdef class ScanKernel:
 
     def configure(self, half, int mode, left, right, Py_ssize_t block, Py_ssize_t stride, double noise_floor,
                   double min_snr, double detect_height, double min_prominence, Py_ssize_t wlen, double min_width,
-                  double area_floor, Py_ssize_t max_half, double shot_gain=0.0):
+                  double area_floor, Py_ssize_t max_half, double shot_gain=0.0, double fit_window=0.75):
         """Set the parameters (validated by dsp.processor.ScanParams).
 
         half: smoothing weights from the centre outwards, or None for no smoothing; mode: boundary
@@ -271,6 +271,7 @@ cdef class ScanKernel:
         statistics. min_snr (reported peaks), detect_height (on the trace), min_prominence: S/N units;
         wlen, min_width, max_half: samples.
         shot_gain: counts per ion (the fit's noise variance is noise**2 + shot_gain * signal).
+        fit_window: half-width of the centroid fit in FWHMs (measured on the trace).
         """
         cdef double[:, ::1] lm
         cdef double[:, ::1] rm
@@ -314,6 +315,7 @@ cdef class ScanKernel:
         self.area_floor = area_floor
         self.max_half = max_half
         self.shot_gain = shot_gain
+        self.fit_window = fit_window
         self.cap = 0   # local buffers depend on max_half: reallocate on the next run
 
     cdef _reserve(self, Py_ssize_t n):
@@ -565,8 +567,8 @@ cdef class ScanKernel:
         cdef int ok
         # fit window: +-k samples, k ~ 0.75 FWHM (from the trace's width at half prominence),
         # one more sample each side for the nonlinear fit, inside the prominence bases
-        hw = 0.5 * (r.right_ip - r.left_ip)
-        k = <Py_ssize_t>(1.5 * hw + 0.5)
+        hw = r.right_ip - r.left_ip      # FWHM on the trace (width at half prominence), samples
+        k = <Py_ssize_t>(self.fit_window * hw + 0.5)
         if k < 2:
             k = 2
         if k > mh:

@@ -61,6 +61,9 @@ class ScanParams:
     min_width : float
         Width at half prominence (samples) a peak needs on the S/N trace: rejects one-sample spikes
         and noise bumps on the flanks of large peaks.
+    fit_window : float
+        Half-width of the centroid fit, in FWHMs (as measured on the S/N trace); one more sample
+        each side enters the Gauss-Newton steps.
     shot_gain : float
         Counts per ion: the centroid fit weights samples by 1 / (noise**2 + shot_gain * signal).
         0 (default) treats the noise as additive; the instrument's value is a little more precise.
@@ -86,6 +89,7 @@ class ScanParams:
     min_prominence: float | None = None
     wlen: int = 64
     min_width: float = 1.5
+    fit_window: float = 0.75
     shot_gain: float = 0.0
     area_floor: float = 1.0
     max_halfwidth: int = 16
@@ -115,6 +119,8 @@ class ScanParams:
             raise ValueError(f"wlen must be >= 3 samples, got {self.wlen!r}")
         if not self.min_width >= 0:
             raise ValueError(f"min_width must be >= 0 (samples), got {self.min_width!r}")
+        if not self.fit_window > 0:
+            raise ValueError(f"fit_window must be > 0 (FWHMs), got {self.fit_window!r}")
         if not self.shot_gain >= 0:
             raise ValueError(f"shot_gain must be >= 0 (counts per ion), got {self.shot_gain!r}")
         if self.max_halfwidth < 1:
@@ -232,7 +238,8 @@ class ScanProcessor:
             None if sm is None else sm.left, None if sm is None else sm.right,
             params.block, params.stride, params.noise_floor, params.min_snr, self.detection_height,
             params.min_snr if params.min_prominence is None else params.min_prominence,
-            params.wlen, params.min_width, params.area_floor, params.max_halfwidth, params.shot_gain)
+            params.wlen, params.min_width, params.area_floor, params.max_halfwidth, params.shot_gain,
+            params.fit_window)
         self._peaks = np.empty(params.max_peaks, CENTROID_DTYPE)
         k = len(params.xic)
         self._xic_mz = np.array(params.xic, np.float64).reshape(k, 2)

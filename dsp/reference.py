@@ -155,8 +155,8 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
     out = []
     mh = p.max_halfwidth
     for j, pk in enumerate(peaks):
-        hw = 0.5 * (props["right_ips"][j] - props["left_ips"][j])
-        k = int(min(max(int(1.5 * hw + 0.5), 2), mh))
+        hw = props["right_ips"][j] - props["left_ips"][j]
+        k = int(min(max(int(p.fit_window * hw + 0.5), 2), mh))
         wl = max(pk - k - 1, props["left_bases"][j])
         wr = min(pk + k + 1, props["right_bases"][j])
         if wl > pk - 1 and pk > 0:

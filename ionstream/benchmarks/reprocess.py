@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, progress) -> dict:
             for n in (1, 2):
                 progress(f"LocalCluster, {n} worker(s): starting, warm-up")
                 t0 = time.perf_counter()
-                client, cluster = clusters[n] = open_client("local", n, dashboard_address=None)
+                client, cluster = clusters[n] = open_client("local", n)
                 result[f"cluster_start_s_{n}w"] = time.perf_counter() - t0
                 reprocess(warm, work / f"out-warm-{n}", settings, client=client, force=True)
                 client.run(_warm_worker, settings.to_dict())  # every worker has imported and loaded the model

@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("reprocess needs the [dask] extra: pip install 'ionstream[dask]' (%s)", exc)
         return 2
     from inference.bundle import BundleError
-    from ionstream.config import ConfigError, apply_overrides, load
+    from ionstream.config import ConfigError, apply_overrides
 
     if getattr(args, "verbose", 0) < 2:
         quiet_dask_logs()
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("--workers must be >= 1, got %d", args.workers)
         return 2
     try:
-        config = apply_overrides(load(args.config), {"inference.model": args.model,
+        config = apply_overrides(_load_config(args.config), {"inference.model": args.model,
                                                      "inference.backend": args.backend})
         settings = Settings.from_config(config)
         settings.resolved()  # a missing or broken model bundle is reported before anything starts
@@ -105,3 +105,22 @@ def main(args: argparse.Namespace) -> int:
           f"{d['scans']} scans in {d['seconds']:.1f} s ({d['scans_per_s']:.0f} scans/s); "
           f"settings {d['settings_sha256'][:12]}; summary {args.out}/summary.parquet")
     return 1 if report.failed else 0
+
+
+def _load_config(path: str | None):
+    """The config without its [source]: a lab's serial port need not exist where archives are reprocessed."""
+    import tomllib
+    from pathlib import Path
+
+    from ionstream.config import Config, ConfigError, from_dict
+
+    if path is None:
+        return Config()
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
+    doc.pop("source", None)
+    return from_dict(doc, str(path))

@@ -333,7 +333,53 @@ cdef extern from *:
     #endif
         for (; q < nq; q++) ion_minmax_d(p + 16 * q, 16, qmin + q, qmax + q, nan);
     }
+
+    /* Bit k set when position c+k can start a kept local maximum: x[c+k-1] < x[c+k], x[c+k] >= t
+       and x[c+k+1] <= x[c+k] (a peak, or a plateau to check). Needs 1 <= c and c + 16 <= n - 1. */
+    static inline unsigned ion_maxmask_f(const float *x, Py_ssize_t c, double t) {
+        unsigned m = 0;
+    #if defined(__SSE2__)
+        /* x >= t with t a double: compare in double (exact), as SciPy does on float64 */
+        for (int k = 0; k < 16; k += 4) {
+            __m128 prev = _mm_loadu_ps(x + c + k - 1), cur = _mm_loadu_ps(x + c + k), next = _mm_loadu_ps(x + c + k + 1);
+            __m128 ok = _mm_and_ps(_mm_cmplt_ps(prev, cur), _mm_cmple_ps(next, cur));
+            int bits = _mm_movemask_ps(ok);
+            if (bits) {
+                __m128d lo = _mm_cvtps_pd(cur), hi = _mm_cvtps_pd(_mm_movehl_ps(cur, cur)), tt = _mm_set1_pd(t);
+                bits &= _mm_movemask_pd(_mm_cmpge_pd(lo, tt)) | (_mm_movemask_pd(_mm_cmpge_pd(hi, tt)) << 2);
+                m |= (unsigned)bits << k;
+            }
+        }
+    #else
+        for (int k = 0; k < 16; k++) {
+            float v = x[c + k];
+            if (x[c + k - 1] < v && (double)v >= t && x[c + k + 1] <= v) m |= 1u << k;
+        }
+    #endif
+        return m;
+    }
+    static inline unsigned ion_maxmask_d(const double *x, Py_ssize_t c, double t) {
+        unsigned m = 0;
+    #if defined(__SSE2__)
+        __m128d tt = _mm_set1_pd(t);
+        for (int k = 0; k < 16; k += 2) {
+            __m128d prev = _mm_loadu_pd(x + c + k - 1), cur = _mm_loadu_pd(x + c + k), next = _mm_loadu_pd(x + c + k + 1);
+            __m128d ok = _mm_and_pd(_mm_and_pd(_mm_cmplt_pd(prev, cur), _mm_cmple_pd(next, cur)), _mm_cmpge_pd(cur, tt));
+            m |= (unsigned)_mm_movemask_pd(ok) << k;
+        }
+    #else
+        for (int k = 0; k < 16; k++) {
+            double v = x[c + k];
+            if (x[c + k - 1] < v && v >= t && x[c + k + 1] <= v) m |= 1u << k;
+        }
+    #endif
+        return m;
+    }
+    static inline int ion_ctz(unsigned m) { return __builtin_ctz(m); }
     """
+    unsigned ion_maxmask_f(const float *x, Py_ssize_t c, double t) noexcept nogil
+    unsigned ion_maxmask_d(const double *x, Py_ssize_t c, double t) noexcept nogil
+    int ion_ctz(unsigned m) noexcept nogil
     void ion_sub16_f(const float *p, Py_ssize_t nq, float *qmin, float *qmax, int *nan) noexcept nogil
     void ion_sub16_d(const double *p, Py_ssize_t nq, double *qmin, double *qmax, int *nan) noexcept nogil
     void ion_minmax_f(const float *p, Py_ssize_t n, float *mn, float *mx, int *nan) noexcept nogil
@@ -847,42 +893,95 @@ cdef inline void block_bounds(const real_t* bmin, const real_t* bmax, Py_ssize_t
         thr[b] = t
 
 
-cdef inline Py_ssize_t scan_maxima(const real_t* x, Py_ssize_t n, const real_t* bmax, int use_skip,
-                                   const double* thr, Py_ssize_t* pos, Py_ssize_t* out_s,
-                                   Py_ssize_t* out_e) noexcept nogil:
-    """Next local maximum (SciPy's _local_maxima_1d) whose plateau starts at or after ``pos[0]``
-    with a value >= the start's block bound ``thr``; blocks whose max is below it are skipped.
+cdef struct ScanPos:
+    Py_ssize_t i            # next position to look at
+    Py_ssize_t c            # 16-aligned chunk whose candidate mask is cached (-1: none)
+    unsigned int mask       # candidates of chunk c not yet looked at
 
-    Returns the midpoint (-1 when none is left); stores the plateau edges and advances ``pos``.
+
+cdef inline void scan_start(ScanPos* st) noexcept nogil:
+    st.i = 1
+    st.c = -1
+    st.mask = 0
+
+
+cdef inline Py_ssize_t _plateau(const real_t* x, Py_ssize_t i, Py_ssize_t i_max, Py_ssize_t* out_s,
+                                Py_ssize_t* out_e, ScanPos* st) noexcept nogil:
+    """SciPy's plateau rule at a start i (x[i-1] < x[i]): the midpoint, or -1 (st.i advanced)."""
+    cdef real_t xi = x[i]
+    cdef Py_ssize_t j = i + 1
+    while j < i_max and x[j] == xi:
+        j += 1
+    if x[j] < xi:
+        out_s[0] = i
+        out_e[0] = j - 1
+        st.i = j + 1
+        return (i + j - 1) // 2
+    st.i = i + 1
+    return -1
+
+
+cdef inline Py_ssize_t scan_maxima(const real_t* x, Py_ssize_t n, const real_t* bmax, int use_skip,
+                                   const double* thr, ScanPos* st, Py_ssize_t* out_s,
+                                   Py_ssize_t* out_e) noexcept nogil:
+    """Next local maximum (SciPy's _local_maxima_1d) whose plateau starts at or after ``st.i`` with
+    a value >= the start's block bound ``thr``; blocks whose max is below it are skipped. Inside a
+    block, 16-sample chunks are tested with vector compares (a candidate mask), then SciPy's rule
+    decides each candidate.
+
+    Returns the midpoint (-1 when none is left); stores the plateau edges and advances ``st``.
     """
-    cdef Py_ssize_t i = pos[0], i_max = n - 1, j, b, end
-    cdef real_t xi
+    cdef Py_ssize_t i, i_max = n - 1, b, end, c, p, k
     cdef double t
-    if i < 1:
-        i = 1
-    while i < i_max:
+    cdef unsigned int m
+    while True:
+        i = st.i
+        if i < 1:
+            i = st.i = 1
+        if i >= i_max:
+            return -1
         b = i >> BLK_SHIFT
         t = thr[b]
-        end = (b + 1) << BLK_SHIFT
+        if use_skip and bmax[b] < t:
+            st.i = (b + 1) << BLK_SHIFT
+            continue
+        c = i & ~(<Py_ssize_t>(SUB - 1))
+        if c >= 1 and c + SUB <= i_max:
+            if st.c != c:
+                st.c = c
+                if real_t is float:
+                    st.mask = ion_maxmask_f(x, c, t)
+                else:
+                    st.mask = ion_maxmask_d(x, c, t)
+            m = st.mask & ~((1u << (i - c)) - 1u)     # positions >= i
+            if m == 0:
+                st.i = c + SUB
+                continue
+            k = ion_ctz(m)
+            st.mask = m & (m - 1u)
+            i = c + k
+            if x[i + 1] < x[i]:
+                out_s[0] = i
+                out_e[0] = i
+                st.i = i + 1
+                return i
+            p = _plateau(x, i, i_max, out_s, out_e, st)
+            if p >= 0:
+                return p
+            continue
+        # chunk at the signal's edges: sample by sample
+        end = c + SUB
         if end > i_max:
             end = i_max
-        if use_skip and bmax[b] < t:
-            i = end
-            continue
         while i < end:
-            xi = x[i]
-            if xi >= t and x[i - 1] < xi:
-                j = i + 1
-                while j < i_max and x[j] == xi:
-                    j += 1
-                if x[j] < xi:
-                    out_s[0] = i
-                    out_e[0] = j - 1
-                    pos[0] = j + 1
-                    return (i + j - 1) // 2
-            i += 1
-    pos[0] = i
-    return -1
+            if x[i] >= t and x[i - 1] < x[i]:
+                p = _plateau(x, i, i_max, out_s, out_e, st)
+                if p >= 0:
+                    return p
+                i = st.i
+            else:
+                i += 1
+        st.i = end
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from libc.string cimport memcpy
 from libc.math cimport ceil, INFINITY
 
 from cext._dspcore cimport (real_t, PeakRec, Conds, BLK_SHIFT, n_blocks, n_supers, n_subs, summaries,
-                            pre_conditions, post_conditions, block_bounds, scan_maxima)
+                            pre_conditions, post_conditions, block_bounds, scan_maxima, ScanPos,
+                            scan_start)
 
 cnp.import_array()
 
@@ -34,28 +35,43 @@ cdef enum:
 
 cdef struct Out:
     void* f[N_FIELDS]     # NULL: not asked for
+    int edges, height, thresholds, prom, width   # any field of the group asked for
 
 
 cdef inline void put(Out* o, Py_ssize_t k, const PeakRec* r) noexcept nogil:
-    if o.f[F_INDEX] != NULL: (<Py_ssize_t*>o.f[F_INDEX])[k] = r.index
-    if o.f[F_LE] != NULL: (<Py_ssize_t*>o.f[F_LE])[k] = r.left_edge
-    if o.f[F_RE] != NULL: (<Py_ssize_t*>o.f[F_RE])[k] = r.right_edge
-    if o.f[F_H] != NULL: (<double*>o.f[F_H])[k] = r.height
-    if o.f[F_LT] != NULL: (<double*>o.f[F_LT])[k] = r.left_threshold
-    if o.f[F_RT] != NULL: (<double*>o.f[F_RT])[k] = r.right_threshold
-    if o.f[F_PROM] != NULL: (<double*>o.f[F_PROM])[k] = r.prominence
-    if o.f[F_LB] != NULL: (<Py_ssize_t*>o.f[F_LB])[k] = r.left_base
-    if o.f[F_RB] != NULL: (<Py_ssize_t*>o.f[F_RB])[k] = r.right_base
-    if o.f[F_W] != NULL: (<double*>o.f[F_W])[k] = r.width
-    if o.f[F_WH] != NULL: (<double*>o.f[F_WH])[k] = r.width_height
-    if o.f[F_LIP] != NULL: (<double*>o.f[F_LIP])[k] = r.left_ip
-    if o.f[F_RIP] != NULL: (<double*>o.f[F_RIP])[k] = r.right_ip
+    (<Py_ssize_t*>o.f[F_INDEX])[k] = r.index
+    if o.edges:
+        if o.f[F_LE] != NULL: (<Py_ssize_t*>o.f[F_LE])[k] = r.left_edge
+        if o.f[F_RE] != NULL: (<Py_ssize_t*>o.f[F_RE])[k] = r.right_edge
+    if o.height:
+        (<double*>o.f[F_H])[k] = r.height
+    if o.thresholds:
+        if o.f[F_LT] != NULL: (<double*>o.f[F_LT])[k] = r.left_threshold
+        if o.f[F_RT] != NULL: (<double*>o.f[F_RT])[k] = r.right_threshold
+    if o.prom:
+        if o.f[F_PROM] != NULL: (<double*>o.f[F_PROM])[k] = r.prominence
+        if o.f[F_LB] != NULL: (<Py_ssize_t*>o.f[F_LB])[k] = r.left_base
+        if o.f[F_RB] != NULL: (<Py_ssize_t*>o.f[F_RB])[k] = r.right_base
+    if o.width:
+        if o.f[F_W] != NULL: (<double*>o.f[F_W])[k] = r.width
+        if o.f[F_WH] != NULL: (<double*>o.f[F_WH])[k] = r.width_height
+        if o.f[F_LIP] != NULL: (<double*>o.f[F_LIP])[k] = r.left_ip
+        if o.f[F_RIP] != NULL: (<double*>o.f[F_RIP])[k] = r.right_ip
+
+
+cdef struct Cand:
+    Py_ssize_t index
+    Py_ssize_t left_edge
+    Py_ssize_t right_edge
+    double height
+    double left_threshold
+    double right_threshold
 
 
 cdef class PeakFinder:
     """Reusable work buffers for :meth:`find` (not thread-safe: one per thread)."""
 
-    cdef PeakRec* recs
+    cdef Cand* recs          # distance candidates
     cdef Py_ssize_t cap
     cdef char* summ          # qmin | qmax | bmin | bmax | smin | smax, each sized for doubles
     cdef double* thr
@@ -93,15 +109,15 @@ cdef class PeakFinder:
         self.summ_n = n
         return 0
 
-    cdef PeakRec* _slot(self, Py_ssize_t k) noexcept nogil:
-        """Record k, growing the buffer (NULL when out of memory)."""
+    cdef Cand* _slot(self, Py_ssize_t k) noexcept nogil:
+        """Candidate k, growing the buffer (NULL when out of memory)."""
         cdef Py_ssize_t cap
-        cdef PeakRec* r
+        cdef Cand* r
         if k >= self.cap:
             cap = self.cap * 2 if self.cap else 256
             while cap <= k:
                 cap *= 2
-            r = <PeakRec*>realloc(self.recs, cap * sizeof(PeakRec))
+            r = <Cand*>realloc(self.recs, cap * sizeof(Cand))
             if r == NULL:
                 return NULL
             self.recs = r
@@ -156,7 +172,8 @@ cdef class PeakFinder:
 
 
 cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distance, tuple fields):
-    cdef Py_ssize_t n = x.shape[0], nb, ns, m = 0, k, j, i, pos, s, e, p, size, distance_, cap
+    cdef Py_ssize_t n = x.shape[0], nb, ns, m = 0, k, j, i, s, e, p, size, distance_, cap
+    cdef ScanPos pos
     cdef real_t *qmin
     cdef real_t *qmax
     cdef real_t *bmin
@@ -166,8 +183,8 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
     cdef const real_t* xp
     cdef int nan = 0, accel, prune, has_distance = distance is not None, oom = 0, f
     cdef PeakRec r
-    cdef PeakRec* rp
-    cdef PeakRec* recs
+    cdef Cand* rp
+    cdef Cand* recs
     cdef Out o
     cdef cnp.ndarray arr
     cdef cnp.uint8_t[::1] keep
@@ -178,11 +195,17 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
     cap = n // 2 + 1   # at most this many local maxima
     for f in range(N_FIELDS):
         o.f[f] = NULL
+    fields = ("index",) + tuple(fields)
     for f, name in enumerate(PEAK_FIELDS):
         if name in fields:
             arr = np.empty(cap, np.intp if name in _INT_FIELDS else np.float64)
             arrays[name] = arr
             o.f[f] = cnp.PyArray_DATA(arr)
+    o.edges = o.f[F_LE] != NULL or o.f[F_RE] != NULL
+    o.height = o.f[F_H] != NULL
+    o.thresholds = o.f[F_LT] != NULL or o.f[F_RT] != NULL
+    o.prom = o.f[F_PROM] != NULL or o.f[F_LB] != NULL or o.f[F_RB] != NULL
+    o.width = o.f[F_W] != NULL or o.f[F_WH] != NULL or o.f[F_LIP] != NULL or o.f[F_RIP] != NULL
     if n < 3:
         self.last_accelerated = False
         return {name: a[:0].copy() for name, a in arrays.items()}
@@ -207,7 +230,7 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
             block_bounds(bmin, bmax, nb, c, prune, self.thr + nb)
         else:
             block_bounds(bmin, bmax, nb, c, prune, self.thr)
-        pos = 1
+        scan_start(&pos)
         while True:
             p = scan_maxima(xp, n, bmax, accel, self.thr, &pos, &s, &e)
             if p < 0:
@@ -223,9 +246,15 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
                 if rp == NULL:
                     oom = 1
                     break
-                rp[0] = r
+                rp.index = r.index
+                rp.left_edge = r.left_edge
+                rp.right_edge = r.right_edge
+                rp.height = r.height
+                rp.left_threshold = r.left_threshold
+                rp.right_threshold = r.right_threshold
             else:
-                if not post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &r):
+                if (c.need_prom or c.need_width) and \
+                        not post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &r):
                     continue
                 put(&o, m, &r)
             m += 1
@@ -259,8 +288,15 @@ cdef object _find(PeakFinder self, const real_t[::1] x, Conds* c, object distanc
             for k in range(m):
                 if not keep[k] or recs[k].height < self.thr[nb + (recs[k].left_edge >> BLK_SHIFT)]:
                     continue
-                if post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &recs[k]):
-                    put(&o, size, &recs[k])
+                r.index = recs[k].index
+                r.left_edge = recs[k].left_edge
+                r.right_edge = recs[k].right_edge
+                r.height = recs[k].height
+                r.left_threshold = recs[k].left_threshold
+                r.right_threshold = recs[k].right_threshold
+                if not (c.need_prom or c.need_width) or \
+                        post_conditions(xp, n, qmin, qmax, bmin, bmax, smin, smax, accel, c, &r):
+                    put(&o, size, &r)
                     size += 1
         m = size
 

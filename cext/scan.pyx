@@ -33,7 +33,8 @@ from libc.string cimport memcpy
 from cext._dspcore cimport (Conds, PeakRec, BLK_SHIFT, n_blocks, n_supers, n_subs, sub_summaries,
                             block_from_subs, super_summaries, ion_affine_tile,
                             ion_sum_u16, ion_sum_i16,
-                            pre_conditions, post_conditions, block_bounds, scan_maxima, conv_interior,
+                            pre_conditions, post_conditions, block_bounds, scan_maxima, ScanPos,
+                            scan_start, conv_interior,
                             conv_at, conv_edges_interp, MODE_INTERP, block_statistics, stats_blocks,
                             tile_lines, select_k)
 
@@ -456,7 +457,8 @@ cdef class ScanKernel:
         cdef float* xf = self.xf
         cdef float* y = self.y
         cdef Py_ssize_t nb = n_blocks(n), nbs = stats_blocks(n, self.block), h = self.h
-        cdef Py_ssize_t i, lo, hi, a, b, t, j, pos, s, e, p, found = 0, written = 0, cands = 0, detected = 0
+        cdef Py_ssize_t i, lo, hi, a, b, t, j, s, e, p, found = 0, written = 0, cands = 0, detected = 0
+        cdef ScanPos pos
         cdef float b0, bsl, w0, wsl
         cdef double basesum = 0.0
         cdef int nan = 0, accel
@@ -512,7 +514,7 @@ cdef class ScanKernel:
 
         # 5./6. peaks and centroids
         block_bounds(self.bmin, self.bmax, nb, &self.conds, accel, self.thr)
-        pos = 1
+        scan_start(&pos)
         while True:
             p = scan_maxima(y, n, self.bmax, accel, self.thr, &pos, &s, &e)
             if p < 0:

@@ -1,5 +1,10 @@
 """Peak finding: ``find_peaks`` with exactly the results of ``scipy.signal.find_peaks``, faster.
 
+How much faster depends on the conditions (1 M points): prominence 10-19x, with wlen 7-10x,
+height 2-2.6x, width alone 1.5-2.8x, no condition 1.1x; with ``distance`` the same speed (both
+spend most of the time in the ``np.argsort`` that SciPy's tie order requires). docs/dsp.md has the
+table.
+
 The kernel (``cext.peaks.PeakFinder``) runs SciPy's algorithms with the GIL released and skips
 work that cannot change the result: blocks of samples that cannot hold a kept peak, and stretches
 of a prominence or width walk that cannot stop it (see cext/_dspcore.pxd). float32 input is used

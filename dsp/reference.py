@@ -183,7 +183,8 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
             off = float(np.sum(vv * (axis[sel] - axis[pk])) / vv.sum()) if vv.sum() > 0 else 0.0
             mz, h, index = axis[pk] + off, float(v[sel].max()), pk + off / step
             fwhm = float("nan")
-        area = float(np.trapezoid(v[la:ra + 1], axis[la:ra + 1]))
+        vv, aa = v[la:ra + 1], axis[la:ra + 1]
+        area = float(np.sum(0.5 * (vv[1:] + vv[:-1]) * np.diff(aa)))
         snr = h / noise[pk]
         if snr >= p.min_snr:
             out.append((mz, h, area, fwhm, snr, noise[pk], index, pk, flags))

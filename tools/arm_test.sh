@@ -9,11 +9,11 @@
 # 3. runs, with Debian's arm64 python3.11 under qemu-aarch64-static, the kernels' equality tests
 #    against SciPy (tests/test_dsp*.py) and the frame codec tests (tests/test_frames*.py);
 # 4. a smoke run of the daemon: `ionstream run --source sim:// --duration 5s`;
-# 5. --bench: `ionstream bench dsp` emulated and on this host (the emulated figure is NOT the
-#    speed of an ARM board: qemu translates every instruction);
-# 6. the vectorisation report (tools/arm/vec_report.py): which kernel loops GCC vectorised on
+# 5. the vectorisation report (tools/arm/vec_report.py): which kernel loops GCC vectorised on
 #    x86-64 (native build of the same sources) and on aarch64 (the wheel's build); and whether
-#    the kernels give the same bits on both for the same input (tools/arm/kernel_outputs.py).
+#    the kernels give the same bits on both for the same input (tools/arm/kernel_outputs.py);
+# 6. --bench: `ionstream bench dsp` emulated and on this host (the emulated figure is NOT the
+#    speed of an ARM board: qemu translates every instruction).
 #
 # Exit status: 0 all passed; 1 a step failed; 0 with a line starting "SKIP:" when qemu or the
 # cross toolchain is missing and cannot be installed (not root, no apt-get), so an optional CI
@@ -132,37 +132,12 @@ if [[ $smoke == 1 ]]; then
     tail -3 "$ARM_LOGS/emulated-smoke.log" | sed 's/^/    /' >&2
 fi
 
-# 5. DSP benchmark: emulated aarch64 beside this host
-if [[ $bench == 1 ]]; then
-    if ! (cd "$run" && PYTHONPATH=$site "${ARM_PYTHON[@]}" -m ionstream.cli bench --help 2>/dev/null) \
-            | grep -qw dsp; then
-        step "bench dsp" "not run: no \`ionstream bench dsp\` in this checkout"
-    else
-        read -r -a bargs <<<"${ARM_BENCH_ARGS:-}"
-        t=$SECONDS
-        (cd "$run" && PYTHONPATH=$site "${ARM_PYTHON[@]}" -m ionstream.cli bench dsp "${bargs[@]}") \
-            >"$ARM_LOGS/bench-dsp-aarch64-emulated.log" 2>&1 || failed=1
-        step "bench dsp, aarch64 EMULATED" "$((SECONDS - t)) s, $ARM_LOGS/bench-dsp-aarch64-emulated.log"
-        native=${ARM_NATIVE_IONSTREAM:-$ARM_REPO/.venv/bin/ionstream}
-        if [[ -x $native ]]; then
-            "$native" bench dsp "${bargs[@]}" >"$ARM_LOGS/bench-dsp-x86_64.log" 2>&1 || failed=1
-            step "bench dsp, x86-64 native" "$ARM_LOGS/bench-dsp-x86_64.log"
-        fi
-        echo "== ionstream bench dsp: aarch64, EMULATED by qemu-user on $(uname -m) (not board speed) =="
-        cat "$ARM_LOGS/bench-dsp-aarch64-emulated.log"
-        if [[ -f $ARM_LOGS/bench-dsp-x86_64.log ]]; then
-            echo "== ionstream bench dsp: $(uname -m), native, same host =="
-            cat "$ARM_LOGS/bench-dsp-x86_64.log"
-        fi
-    fi
-fi
-
-# 6. a native x86-64 build of the same (cythonized) sources, with the vectoriser's report, for
-#    6a. the vectorisation report: which loops GCC vectorised on each architecture;
-#    6b. cross-architecture identity: the kernels' outputs for the same input bits, x86-64 vs
+# 5. a native x86-64 build of the same (cythonized) sources, with the vectoriser's report, for
+#    5a. the vectorisation report: which loops GCC vectorised on each architecture;
+#    5b. cross-architecture identity: the kernels' outputs for the same input bits, x86-64 vs
 #        emulated aarch64 (informational; ARM_TEST_IDENTICAL=1 makes a difference a failure).
 x86_ok=0
-if [[ ($vec == 1 || $ident == 1) && -d $ARM_CACHE/src/cext ]]; then
+if [[ ($vec == 1 || $ident == 1 || $bench == 1) && -d $ARM_CACHE/src/cext ]]; then
     rm -rf "$ARM_CACHE/x86"
     if (cd "$ARM_CACHE/src" && CPPFLAGS=-fopt-info-vec-optimized "$ARM_CACHE/xenv/bin/build-python" \
             setup.py build_ext -b "$ARM_CACHE/x86/lib" -t "$ARM_CACHE/x86/tmp") \
@@ -172,7 +147,7 @@ if [[ ($vec == 1 || $ident == 1) && -d $ARM_CACHE/src/cext ]]; then
             [[ -f $d/__init__.py ]] && cp -rn "$d" "$ARM_CACHE/x86/lib/"
         done
     else
-        step "x86-64 build (for 6a/6b)" "FAIL, see $ARM_LOGS/x86-build.log"
+        step "x86-64 build (for 5a/5b)" "FAIL, see $ARM_LOGS/x86-build.log"
     fi
 fi
 if [[ $vec == 1 && $x86_ok == 1 && -f $ARM_LOGS/cross-build.log ]]; then
@@ -200,6 +175,35 @@ if [[ $ident == 1 && $x86_ok == 1 ]]; then
         verdict=$(tail -1 "$ARM_LOGS/kernel-outputs.log" | sed 's/^ *//')
         step "x86-64 vs aarch64 kernel outputs" "$verdict"
         if [[ $verdict != "all outputs bit-identical" && ${ARM_TEST_IDENTICAL:-0} == 1 ]]; then failed=1; fi
+    fi
+fi
+
+# 6. DSP benchmark: emulated aarch64 beside this host (the x86-64 build of the same sources when
+#    step 5 made one, else the repo's .venv)
+if [[ $bench == 1 ]]; then
+    if ! (cd "$run" && PYTHONPATH=$site "${ARM_PYTHON[@]}" -m ionstream.cli bench dsp --help) >/dev/null 2>&1; then
+        step "bench dsp" "not run: no \`ionstream bench dsp\` in this checkout"
+    else
+        read -r -a bargs <<<"${ARM_BENCH_ARGS:-}"
+        t=$SECONDS
+        (cd "$run" && PYTHONPATH=$site "${ARM_PYTHON[@]}" -m ionstream.cli bench dsp --json "${bargs[@]}") \
+            >"$ARM_LOGS/bench-dsp-aarch64-emulated.log" 2>&1 || failed=1
+        step "bench dsp, aarch64 EMULATED" "$((SECONDS - t)) s, $ARM_LOGS/bench-dsp-aarch64-emulated.log"
+        native=()
+        if [[ $x86_ok == 1 && -x $native_py ]]; then
+            native=(env PYTHONPATH="$ARM_CACHE/x86/lib" "$native_py" -m ionstream.cli)
+        elif [[ -x ${ARM_NATIVE_IONSTREAM:-$ARM_REPO/.venv/bin/ionstream} ]]; then
+            native=("${ARM_NATIVE_IONSTREAM:-$ARM_REPO/.venv/bin/ionstream}")
+        fi
+        if [[ ${#native[@]} -gt 0 ]]; then
+            t=$SECONDS
+            (cd "$run" && "${native[@]}" bench dsp --json "${bargs[@]}") >"$ARM_LOGS/bench-dsp-x86_64.log" 2>&1 \
+                || failed=1
+            step "bench dsp, x86-64 native" "$((SECONDS - t)) s, $ARM_LOGS/bench-dsp-x86_64.log"
+        fi
+        echo "== ionstream bench dsp: x86-64 native vs aarch64 EMULATED by qemu-user on this host (not board speed) =="
+        "$ARM_CACHE/tools/bin/python" "$ARM_REPO/tools/arm/bench_table.py" "$ARM_LOGS/bench-dsp-x86_64.log" \
+            "$ARM_LOGS/bench-dsp-aarch64-emulated.log" | tee "$ARM_CACHE/bench-dsp.md"
     fi
 fi
 

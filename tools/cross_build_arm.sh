@@ -2,12 +2,14 @@
 # Cross-build ionstream as an aarch64 (ARM64) wheel on an x86-64 Debian/Ubuntu host, Cython
 # kernels included, with Debian's GNU toolchain (gcc-aarch64-linux-gnu) and crossenv.
 #
-#   tools/cross_build_arm.sh [-o DIR]
+#   tools/cross_build_arm.sh [-o DIR] [--wheelhouse]
 #
 # writes DIR/ionstream-<version>-cp311-cp311-linux_aarch64.whl (default DIR: dist/) for CPython
 # 3.11 on 64-bit ARM Linux with glibc (Debian 12 / Raspberry Pi OS 12 arm64 and newer). Install it
-# on the board with `pip install ionstream-*.whl`. docs/arm.md explains the method;
-# tools/arm_test.sh runs the kernel tests on the wheel under qemu-user.
+# on the board with `pip install ionstream-*.whl`. --wheelhouse also downloads the aarch64 wheels
+# of every dependency into DIR/wheelhouse-aarch64/ (with the wheel), for a board without internet:
+# `pip install --no-index --find-links wheelhouse-aarch64 ionstream`. docs/arm.md explains the
+# method; tools/arm_test.sh runs the kernel tests on the wheel under qemu-user.
 #
 # Installs what it needs: the cross compiler with apt-get (needs root, or have
 # gcc-aarch64-linux-gnu and libc6-dev-arm64-cross installed), the target's Python headers from
@@ -17,11 +19,12 @@ set -euo pipefail
 # shellcheck source=arm/common.sh
 source "$(dirname "$0")/arm/common.sh"
 
-out=$ARM_REPO/dist
+out=$ARM_REPO/dist wheelhouse=0
 while [[ $# -gt 0 ]]; do
     case $1 in
         -o|--out) out=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --wheelhouse) wheelhouse=1; shift ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) arm_die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -61,5 +64,12 @@ rm -f "$out"/ionstream-*-linux_aarch64.whl
          arm_die "cross build failed (see $ARM_LOGS/cross-build.log)"; }
 whl=$(ls -t "$out"/ionstream-*-linux_aarch64.whl | head -1)
 "$ARM_CACHE/tools/bin/python" "$ARM_REPO/tools/arm/check_wheel.py" "$whl"
+if [[ $wheelhouse == 1 ]]; then
+    arm_log "wheelhouse: aarch64 wheels of the dependencies -> $out/wheelhouse-aarch64"
+    "$ARM_CACHE/tools/bin/pip" download -q --disable-pip-version-check "${ARM_PIP_PLATFORMS[@]}" \
+        "${ARM_PIP_TARGET[@]}" -d "$out/wheelhouse-aarch64" "$whl" >"$ARM_LOGS/wheelhouse.log" 2>&1 \
+        || arm_die "pip download of the dependencies failed (see $ARM_LOGS/wheelhouse.log)"
+    arm_log "wheelhouse: $(ls "$out/wheelhouse-aarch64" | wc -l) wheels, $(du -sh "$out/wheelhouse-aarch64" | cut -f1)"
+fi
 arm_log "done in $((SECONDS - t0)) s: $whl"
 echo "$whl"

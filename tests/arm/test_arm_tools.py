@@ -61,13 +61,14 @@ class TestVecReport:
         src = tmp_path / "src"
         (src / "cext").mkdir(parents=True)
         (src / "cext/k.pyx").write_text("def f(x):\n    cdef int i\n    for i in range(n):\n        y[i] = x[i]\n")
-        c_lines = ["/* head */"] * 5
+        c_lines = ["/* head */", "static inline int ion_scale(float *y, int n) {", "  for (;;) {}", "}", ""]  # 1..5
         c_lines += ['  /* "cext/k.pyx":3', " *     for i in range(n):  # <<<", "*/", "  for (;;) {}"]  # 6..9
         c_lines += ['  /* "cext/k.pyx":1', " * def f(x):", "*/", "  copy();"]                       # 10..13
         c_lines += ["/* --- Runtime support code --- */", "  memcpy_loop();"]                     # 14, 15
         (src / "cext/k.c").write_text("\n".join(c_lines) + "\n")
         x86 = tmp_path / "x86.log"
-        x86.write_text("cext/k.c:9:5: optimized: loop vectorized using 16 byte vectors\n"
+        x86.write_text("cext/k.c:3:3: optimized: loop vectorized using 16 byte vectors\n"
+                       "cext/k.c:9:5: optimized: loop vectorized using 16 byte vectors\n"
                        "cext/k.c:15:3: optimized: loop vectorized using 16 byte vectors\n"
                        "cext/k.c:12:3: optimized: basic block part vectorized using 16 byte vectors\n")
         arm = tmp_path / "arm.log"
@@ -76,7 +77,8 @@ class TestVecReport:
                 "--arch", "aarch64", arm, tmp_path)
         assert r.returncode == 0, r.stderr
         assert "| cext/k.pyx:3 | 16 | 8 | `for i in range(n):` |" in r.stdout
-        assert "| k | 1 | 1 |" in r.stdout            # the runtime-support loop is not counted
+        assert "| ion_scale() [C] | 16 | no |" in r.stdout  # verbatim C: named by its function
+        assert "| k | 2 | 1 |" in r.stdout            # the runtime-support loop is not counted
         assert "k: x86_64 1, aarch64 0" in r.stdout   # basic-block vectorisation, separately
 
 

@@ -13,7 +13,8 @@ cext/*.so. Prints Markdown:
    instructions on xmm registers, aarch64: Advanced SIMD (NEON) instructions on vector
    arrangements such as ``v0.2d``);
 2. every vectorised loop, mapped from the C line back to its .pyx/.pxd line through the
-   ``/* "cext/x.pyx":N`` markers Cython writes into the C file.
+   ``/* "cext/x.pyx":N`` markers Cython writes into the C file, or, for C written verbatim in a
+   .pxd (``cdef extern from *``), to the enclosing C function.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 OPT_RE = re.compile(r"(cext/\w+)\.c:(\d+):\d+: optimized: (?:loop vectorized using (\d+) byte vectors"
                     r"|(basic block part vectorized using (\d+) byte vectors))")
 MARK_RE = re.compile(r'^\s*/\* "(cext/[\w.]+)":(\d+)')
+HELPER_RE = re.compile(r"^\s*static\s+(?:inline\s+)?[\w\s*]+?\b(\w+)\s*\(")
 OBJDUMP = {"x86_64": "objdump", "aarch64": "aarch64-linux-gnu-objdump"}
 # scalar SSE (…sd/…ss), moves between xmm and general registers, conversions: not vector work
 X86_SCALAR = re.compile(r"^(v?\w*s[sd]|v?mov[dq]|v?cvt\w+|v?ucomis[sd]|v?comis[sd]|v?pxor|v?xorp[sd]|"
@@ -42,6 +44,9 @@ class CSource:
         self.lines: list[int] = []
         self.marks: list[tuple[str, int]] = []
         self.runtime_from = 10**12
+        # C written verbatim in a .pxd/.pyx (``cdef extern from *: """..."""``) comes before the
+        # first marker: its loops are named by the enclosing C function
+        self.helpers: list[tuple[int, str]] = []
         for i, text in enumerate(path.read_text(errors="replace").splitlines(), 1):
             m = MARK_RE.match(text)
             if m:
@@ -49,6 +54,10 @@ class CSource:
                 self.marks.append((m.group(1), int(m.group(2))))
             elif text.startswith("/* --- Runtime support code --- */"):
                 self.runtime_from = i
+            elif not self.lines:
+                h = HELPER_RE.match(text)
+                if h:
+                    self.helpers.append((i, h.group(1)))
         self.root = root
         self._src: dict[str, list[str]] = {}
 
@@ -56,9 +65,14 @@ class CSource:
         if cline >= self.runtime_from:
             return None
         k = bisect.bisect_right(self.lines, cline) - 1
-        return self.marks[k] if k >= 0 else None
+        if k >= 0:
+            return self.marks[k]
+        k = bisect.bisect_right([i for i, _ in self.helpers], cline) - 1
+        return (f"{self.helpers[k][1]}() [C]", 0) if k >= 0 else None
 
     def text(self, file: str, line: int) -> str:
+        if line == 0:
+            return "C helper (verbatim C in a .pxd)"
         if file not in self._src:
             p = self.root / file
             self._src[file] = p.read_text().splitlines() if p.exists() else []
@@ -70,15 +84,15 @@ def simd_counts(arch: str, so: Path, module: str) -> tuple[int, int, collections
     """(SIMD instructions, all instructions, SIMD mnemonics) in the module's own functions.
 
     Own functions: symbols with Cython's mangled ``4cext_<len><module>_`` or ``4cext_8_dspcore_``
-    (the inline cores of cext/_dspcore.pxd, where not inlined); the nogil loops of a ``def``
-    kernel are inlined into its ``__pyx_pw_`` wrapper, which is included.
+    (the inline cores of cext/_dspcore.pxd, where not inlined) and the ``ion_*`` C helpers; the
+    nogil loops of a ``def`` kernel are inlined into its ``__pyx_pw_`` wrapper, which is included.
     """
     try:
         out = subprocess.run([OBJDUMP[arch], "-d", "--no-show-raw-insn", str(so)], check=True,
                              capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return (-1, -1, collections.Counter())
-    own = re.compile(r"<[^>]*4cext_(?:\d+" + re.escape(module) + r"|8_dspcore)_")
+    own = re.compile(r"<(?:[^>]*4cext_(?:\d+" + re.escape(module) + r"|8_dspcore)_|ion_\w+>)")
     simd = total = 0
     mnems: collections.Counter = collections.Counter()
     inside = False
@@ -162,7 +176,8 @@ def main() -> int:
     for (file, line), by_arch in sorted(loops.items()):
         code = any_c.text(file, line) if any_c else ""
         cells = [",".join(map(str, sorted(by_arch[a]))) if by_arch.get(a) else "no" for a in archs]
-        print(f"| {file}:{line} | " + " | ".join(cells) + f" | `{code[:70]}` |")
+        where = file if line == 0 else f"{file}:{line}"
+        print(f"| {where} | " + " | ".join(cells) + f" | `{code[:70]}` |")
     if slp:
         print()
         print("Straight-line code also packed into vectors (basic-block SLP), count of sites: "

@@ -227,7 +227,7 @@ cdef class ScanKernel:
     cdef Py_ssize_t max_half
     # buffers (numpy arrays keep them alive; views handed out stay valid)
     cdef Py_ssize_t cap
-    cdef object _xf, _y, _f32, _f64
+    cdef object _xf, _y, _bs, _f32, _f64
     cdef float* xf
     cdef float* y
     cdef float* qmin
@@ -333,6 +333,7 @@ cdef class ScanKernel:
             m = nbs     # sbuf also holds one value per statistics block (the summary medians)
         self._xf = np.empty(n, np.float32)
         self._y = np.empty(n, np.float32)
+        self._bs = np.empty(n, np.float32)
         f32 = 2 * n_subs(n) + 2 * nb + 2 * ns + 4 * nt + 2 * m
         f64 = nb + 5 * nbs + 2 * (4 * self.max_half + 8)
         self._f32 = np.empty(f32, np.float32)
@@ -375,6 +376,23 @@ cdef class ScanKernel:
     def samples_f32(self):
         """The float32 samples of the last scan (view; overwritten by the next run)."""
         return self._xf[:self.n]
+
+    def subtract_baseline(self):
+        """The last scan's samples minus its baseline (float32 view of n samples, counts; overwritten
+        by the next call or run). Computed on request: one pass, GIL released."""
+        cdef Py_ssize_t n = self.n, t, lo, hi, j
+        cdef float* out = <float*>cnp.PyArray_DATA(self._bs)
+        cdef const float* xf = self.xf
+        cdef float b0, bsl
+        with nogil:
+            for t in range((n + 63) >> 6):
+                lo = t << BLK_SHIFT
+                hi = lo + 64 if lo + 64 < n else n
+                b0 = self.tb0[t]
+                bsl = self.tbs[t]
+                for j in range(hi - lo):
+                    out[lo + j] = xf[lo + j] - (b0 + bsl * <float><int>j)
+        return self._bs[:n]
 
     def baseline_blocks(self):
         """(centres, baseline, noise) per statistics block of the last scan (copies, float64)."""

@@ -173,13 +173,18 @@ class ScanResult:
     the final S/N test on the fitted height, ``dropped`` of those did not fit into the output. ``tic``: sum of the
     baseline-subtracted samples (counts); ``raw_sum``: sum of the samples; ``xic``: one
     baseline-subtracted sum per configured window (float64, counts); ``noise`` and ``baseline``:
-    medians over the scan (counts).
+    medians over the scan (counts); ``intensity``: the samples minus the baseline (float32, computed
+    on first access, valid until the processor's next scan).
     """
 
     __slots__ = ("peaks", "n_found", "dropped", "tic", "raw_sum", "xic", "noise", "baseline", "n_samples",
-                 "n_detected")
+                 "n_detected", "_owner", "_serial", "_intensity")
 
-    def __init__(self, peaks, n_found, tic, raw_sum, xic, noise, baseline, n_samples, n_detected):
+    def __init__(self, peaks, n_found, tic, raw_sum, xic, noise, baseline, n_samples, n_detected,
+                 owner=None, serial=0, intensity=None):
+        self._owner = owner
+        self._serial = serial
+        self._intensity = intensity
         self.peaks = peaks
         self.n_found = n_found
         self.dropped = n_found - peaks.size
@@ -195,9 +200,27 @@ class ScanResult:
     def n_peaks(self) -> int:
         return int(self.peaks.size)
 
+    @property
+    def intensity(self) -> np.ndarray:
+        """The scan's samples minus its baseline (float32, counts): the processed spectrum.
+
+        Computed on first access (one pass) into the processor's buffer: a view, valid until the
+        processor's next scan; ``copy()`` after reading it keeps a copy.
+        """
+        if self._intensity is None:
+            owner = self._owner
+            if owner is None or owner._serial != self._serial:
+                raise RuntimeError("the processor has processed another scan since; read intensity "
+                                   "before that (or copy() the result after reading it)")
+            self._intensity = owner._kernel.subtract_baseline()
+        return self._intensity
+
     def copy(self) -> "ScanResult":
+        """A result that no longer depends on the processor's buffers (peaks, xic and, if it was
+        read, intensity are copied)."""
         return ScanResult(self.peaks.copy(), self.n_found, self.tic, self.raw_sum, self.xic.copy(), self.noise,
-                          self.baseline, self.n_samples, self.n_detected)
+                          self.baseline, self.n_samples, self.n_detected, None, 0,
+                          None if self._intensity is None else self._intensity.copy())
 
     def __repr__(self) -> str:
         return (f"ScanResult(n_peaks={self.n_peaks}, dropped={self.dropped}, tic={self.tic:.6g}, "
@@ -247,6 +270,7 @@ class ScanProcessor:
         self._xic_lo = np.zeros(k, np.intp)
         self._xic_hi = np.zeros(k, np.intp)
         self._axes = AxisCache()
+        self._serial = 0
 
     # -- public --------------------------------------------------------------------------------
     def process(self, samples, calibration_or_axis, out: np.ndarray | None = None) -> ScanResult:
@@ -293,9 +317,10 @@ class ScanProcessor:
         buf = self._peaks if out is None else out
         xic = np.empty(self._xic_lo.shape[0], np.float64)
         kern = self._kernel
+        self._serial += 1
         written = kern.run(s, axis, t0, dt, c0, c1, c2, self._xic_lo, self._xic_hi, xic, buf)
         return ScanResult(buf[:written], kern.n_found, kern.tic, kern.raw_sum, xic, kern.noise_median,
-                          kern.baseline_median, n, kern.n_detected)
+                          kern.baseline_median, n, kern.n_detected, self, self._serial)
 
     @property
     def trace(self) -> np.ndarray:

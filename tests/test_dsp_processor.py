@@ -161,6 +161,22 @@ class TestBuffers:
         with pytest.raises(ValueError, match="CENTROID_DTYPE"):
             proc.process(x, CAL, out=np.zeros(5))
 
+    def test_intensity(self):
+        a, _ = random_spectrum(1, np.random.default_rng(16))
+        b, _ = random_spectrum(2, np.random.default_rng(17))
+        proc = ScanProcessor()
+        ra = proc.process(a, CAL)
+        est = estimate_baseline(a)
+        np.testing.assert_allclose(ra.intensity, a - est.baseline, rtol=1e-5, atol=1e-3)
+        assert ra.intensity.dtype == np.float32 and ra.intensity is ra.intensity
+        assert float(ra.intensity.sum(dtype=np.float64)) == pytest.approx(ra.tic, rel=1e-5, abs=1.0)
+        kept = ra.copy()
+        rb = proc.process(b, CAL)
+        np.testing.assert_allclose(kept.intensity, a - est.baseline, rtol=1e-5, atol=1e-3)
+        with pytest.raises(RuntimeError, match="another scan"):
+            proc.process(a, CAL)
+            rb.intensity
+
     def test_view_overwritten_copy_kept(self):
         a, _ = random_spectrum(1, np.random.default_rng(11))
         b, _ = random_spectrum(2, np.random.default_rng(12))

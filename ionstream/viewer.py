@@ -418,14 +418,30 @@ class ViewerWindow:
         # traces
         self.trace_plot = pg.PlotWidget()
         self.trace_plot.setLabel("bottom", "time", units="s")
-        self.trace_plot.setLabel("left", "TIC / XIC", units="counts")
+        self.trace_plot.setLabel("left", "TIC", units="counts")
         self.trace_plot.showGrid(x=True, y=True, alpha=0.15)
-        self.trace_legend = self.trace_plot.addLegend(offset=(-10, 10))
+        self.trace_legend = self.trace_plot.addLegend(offset=(10, 5), brush=pg.mkBrush(16, 20, 24, 170))
+        # XICs on their own right-hand axis (they are orders of magnitude below the TIC)
+        tic_item = self.trace_plot.getPlotItem()
+        self.xic_view = pg.ViewBox()
+        tic_item.showAxis("right")
+        tic_item.scene().addItem(self.xic_view)
+        tic_item.getAxis("right").linkToView(self.xic_view)
+        tic_item.getAxis("right").setLabel("XIC", units="counts")
+        self.xic_view.setXLink(tic_item)
+
+        def sync_views() -> None:
+            self.xic_view.setGeometry(tic_item.vb.sceneBoundingRect())
+            self.xic_view.linkedViewChanged(tic_item.vb, self.xic_view.XAxis)
+
+        tic_item.vb.sigResized.connect(sync_views)
         self.trace_curves: list = []
-        self.event_marks = {kind: pg.ScatterPlotItem(symbol=sym, size=10, pen=pg.mkPen(col), brush=pg.mkBrush(col))
-                            for kind, (sym, col) in EVENT_STYLE.items()}
-        for item in self.event_marks.values():
-            self.trace_plot.addItem(item)
+        self.event_marks = {}   # (kind, 'tic' | 'xic') -> scatter, in the TIC or the XIC view
+        for kind, (sym, col) in EVENT_STYLE.items():
+            for view in ("tic", "xic"):
+                item = pg.ScatterPlotItem(symbol=sym, size=10, pen=pg.mkPen(col), brush=pg.mkBrush(col))
+                (self.trace_plot if view == "tic" else self.xic_view).addItem(item)
+                self.event_marks[kind, view] = item
         self._trace_names: list = []
 
         # class
@@ -501,7 +517,7 @@ class ViewerWindow:
             self.stick_curve.setData(xs, ys)
         self.peak_marks.setData(pmz, pint)
         (x0, x1), _ = self.spec_plot.getPlotItem().viewRange()
-        top = top_peaks(pmz, pint, len(self.peak_labels), min_separation=0.025 * (x1 - x0))
+        top = top_peaks(pmz, pint, len(self.peak_labels), min_separation=0.06 * (x1 - x0))
         for item, k in zip(self.peak_labels, list(top) + [None] * len(self.peak_labels)):
             if k is None:
                 item.setVisible(False)
@@ -524,15 +540,17 @@ class ViewerWindow:
         pg = self.pg
         names = snap.trace_names
         if names != self._trace_names:
-            for curve in self.trace_curves:
-                self.trace_plot.removeItem(curve)
+            for i, curve in enumerate(self.trace_curves):
+                (self.trace_plot if i == 0 else self.xic_view).removeItem(curve)
             self.trace_legend.clear()
-            self.trace_curves = [self.trace_plot.plot(pen=pg.mkPen(TRACE_COLOURS[i % len(TRACE_COLOURS)], width=1.2),
-                                                      name=name)
-                                 for i, name in enumerate(names)]
-            for curve in self.trace_curves:
+            self.trace_curves = []
+            for i, name in enumerate(names):
+                curve = pg.PlotDataItem(pen=pg.mkPen(TRACE_COLOURS[i % len(TRACE_COLOURS)], width=1.2))
                 curve.setDownsampling(auto=True, method="peak")
                 curve.setClipToView(True)
+                (self.trace_plot if i == 0 else self.xic_view).addItem(curve)
+                self.trace_legend.addItem(curve, name)
+                self.trace_curves.append(curve)
             self._trace_names = list(names)
         t = snap.trace_t
         if not len(t):
@@ -544,10 +562,14 @@ class ViewerWindow:
         self.trace_plot.setXRange(t_start, t_end + 1e-9, padding=0.02)
         visible = t >= t_start
         if visible.any():
-            lo, hi = float(snap.trace_values[visible].min()), float(snap.trace_values[visible].max())
-            self.trace_plot.setYRange(min(lo, 0.0), hi * 1.05 if hi > 0 else 1.0, padding=0)
-        for kind, item in self.event_marks.items():
-            pts = [(te, y) for te, _name, k, y in snap.events if k == kind and te >= t_start and math.isfinite(y)]
+            shown = snap.trace_values[visible]
+            for view, cols in ((self.trace_plot, shown[:, :1]), (self.xic_view, shown[:, 1:])):
+                if cols.size:
+                    lo, hi = float(cols.min()), float(cols.max())
+                    view.setYRange(min(lo, 0.0), hi * 1.08 if hi > 0 else 1.0, padding=0)
+        for (kind, view), item in self.event_marks.items():
+            pts = [(te, y) for te, name, k, y in snap.events
+                   if k == kind and te >= t_start and math.isfinite(y) and (name == "tic") == (view == "tic")]
             item.setData([p[0] for p in pts], [p[1] for p in pts])
 
     def _draw_class(self, snap: ModelSnapshot) -> None:
@@ -599,7 +621,8 @@ class ViewerWindow:
             "peak_labels": [item.textItem.toPlainText() for item in self.peak_labels if item.isVisible()],
             "trace_names": list(self._trace_names),
             "trace_points": tr,
-            "events": {k: len(item.data) for k, item in self.event_marks.items()},
+            "events": {kind: sum(len(item.data) for (k, _v), item in self.event_marks.items() if k == kind)
+                       for kind in EVENT_STYLE},
             "class": self.class_label.text(),
             "class_detail": self.class_detail.text(),
             "probabilities": len(self.prob_bars.opts.get("height", []) if self.prob_bars.opts.get("height")

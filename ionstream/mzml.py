@@ -51,7 +51,7 @@ log = logging.getLogger("ionstream.mzml")
 
 __all__ = [
     "Spectrum", "PeakPicker", "ExportSummary", "ImportSummary", "PeaksSummary", "MzMLError",
-    "read_spectra", "read_capture_spectra", "read_mzml_spectra", "count_spectra",
+    "offline_vocabularies", "read_spectra", "read_capture_spectra", "read_mzml_spectra", "count_spectra",
     "export_capture", "import_mzml", "pick_peaks", "dsp_params_from_config", "is_capture",
     "CSV_COLUMNS",
 ]
@@ -84,10 +84,26 @@ def _require(module: str):
     import importlib
 
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"mzML support needs {module.split('.')[0]}: pip install 'ionstream[mzml]' "
                           f"({exc})") from None
+    offline_vocabularies()
+    return mod
+
+
+def offline_vocabularies() -> None:
+    """Make psims (and pyteomics, which loads the CV through psims) use their packaged controlled
+    vocabularies instead of downloading the latest from the internet on first use.
+
+    ionstream runs on instrument PCs and CI machines without internet access: a download
+    attempt would at best fail (after a DNS lookup), at worst wait for a network time-out.
+    """
+    try:
+        from psims.controlled_vocabulary.controlled_vocabulary import obo_cache
+    except ImportError:
+        return
+    obo_cache.use_remote = False
 
 
 # ---------------------------------------------------------------------------------------

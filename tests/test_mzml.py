@@ -25,6 +25,8 @@ from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import mz_axis  # noqa: E402
 from ionstream import mzml  # noqa: E402
 
+mzml.offline_vocabularies()  # pyteomics below loads the CV through psims: never from the internet
+
 DATA = Path(__file__).parent / "data"
 REAL = DATA / "small_ltqft.mzML"
 T0 = 1_700_000_000_000_000_000
@@ -444,3 +446,42 @@ def test_cli_import_export_and_errors(tmp_path):
     assert r.returncode == 2 and "missing.isc" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("import", str(REAL), "-o", "ms3.isc", "--ms-level", "3", cwd=tmp_path)
     assert r.returncode == 1 and "no profile spectra" in r.stderr
+
+
+@needs_scan_work
+def test_imported_run_replays_through_the_live_pipeline(tmp_path):
+    """import -> `ionstream run --source replay://` -> peaks topic: the daemon picks the real spectra."""
+    import signal
+    import socket
+
+    from ionstream import Subscriber
+    from ionstream.processing import ScanWork
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    cap = tmp_path / "real.isc"
+    mzml.import_mzml(REAL, cap)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    seen = {}
+    with Subscriber(endpoint, ["peaks"], timeout=60) as sub:
+        daemon = subprocess.Popen(IONSTREAM + ["run", "--source", f"replay://{cap}?loop=1", "--endpoint", endpoint,
+                                               "--control", "", "--no-status-line", "--duration", "90s"],
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while len(seen) < 2:
+                msg = sub.recv()
+                seen.setdefault(msg.scan, (msg.header, msg["mz"].copy()))
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _out, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    work = ScanWork(dsp_params=mzml.dsp_params_from_config(), xic_windows=[])
+    for h, samples, mz in decoded_scans(cap):
+        header, peaks_mz = seen[h.scan_number]
+        assert header["ms_level"] == 1 and header["polarity"] == "positive"
+        assert header["t_device_ns"] == h.device_time_ns
+        np.testing.assert_array_equal(peaks_mz, work.process(h, samples, mz).peaks["mz"])
+    assert len(seen[1][1]) > 50

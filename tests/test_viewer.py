@@ -6,6 +6,7 @@ high rate, (2) `ionstream view --screenshot` as a subprocess, (3) a live daemon 
 not only that nothing crashed.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,9 +357,13 @@ def test_cli_screenshot_with_nothing_published_exits_1(tmp_path):
 
 def _daemon_can_run() -> str | None:
     try:
-        from dsp import ScanProcessor  # noqa: F401
-    except ImportError as exc:
-        return f"the daemon cannot process scans yet ({exc})"
+        from ionstream.config import load
+        from ionstream.processing import ScanWork
+
+        dsp = load(None).dsp
+        ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr}, xic_windows=[])
+    except Exception as exc:
+        return f"the daemon cannot process scans yet ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -395,3 +400,26 @@ def test_viewer_on_a_live_daemon(qapp, tmp_path):
     assert state["spectrum_points"] == 16384 and state["peak_marks"] > 0
     assert "running" in state["health"] and snap.status.get("scans_per_s", 0) > 10
     assert image_ink(tmp_path / "daemon.png") > 10
+
+
+def test_cli_without_a_display_says_what_to_do(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run(IONSTREAM + ["view", "--endpoint", "tcp://127.0.0.1:9"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "no display" in r.stderr and "--screenshot" in r.stderr
+
+
+@pytest.mark.skipif(not shutil.which("xvfb-run"), reason="xvfb-run is not installed (apt: xvfb xauth libxcb-cursor0)")
+def test_real_x11_window_under_xvfb(tmp_path):
+    """The same viewer as a real X11 window (Qt's xcb platform) on a virtual X server."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    feeder = Feeder(endpoint, rate_hz=30.0).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+        r = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24"] + IONSTREAM
+                           + ["view", "--endpoint", endpoint, "--screenshot", "x11.png", "--after", "3"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        feeder.stop()
+    assert r.returncode == 0, r.stderr
+    assert image_ink(tmp_path / "x11.png") > 10

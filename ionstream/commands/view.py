@@ -36,8 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    headless = not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")
+    if args.screenshot and headless:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a picture needs no screen
+    elif headless and sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM"):
+        # Qt would abort the process without a display; say what to do instead
+        print("ionstream view: no display (DISPLAY is not set). Run it on a desktop session, over "
+              "`ssh -X`, or take a picture with --screenshot FILE.", file=sys.stderr)
+        return 2
     try:
         from ionstream.security import client_from_args
         from ionstream.viewer import run_viewer

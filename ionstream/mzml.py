@@ -234,7 +234,7 @@ def read_capture_spectra(path: str | os.PathLike, *, stats: dict | None = None) 
     reader's ``torn_tail_bytes`` / ``corrupt_bytes``.
     """
     from instrument.capture import CaptureReader
-    from ionstream.processing import AxisCache
+    from dsp.calibration import AxisCache
 
     axes = AxisCache()
     with CaptureReader(path) as reader:

@@ -22,7 +22,7 @@ from instrument.acquisition import AcquisitionThread
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config
-from ionstream.processing import ProcessedScan, ScanWork
+from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
 from ionstream.rates import LatencyWindow, RateMeter
 from ionstream.stages import DspWorkers, ScanResult, Sequencer
 
@@ -109,13 +109,8 @@ class Pipeline:
                         feature_spec=self.bundle.feature_spec if self.bundle else None,
                         spectrum_pool=self.spectrum_pool)
 
-    def _make_traces(self):
-        names = ["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.config.dsp.xic]
-        try:
-            from dsp.traces import TraceProcessor
-        except ImportError:
-            return None, names
-        return TraceProcessor(names), names
+    def _make_traces(self) -> TraceEvents:
+        return TraceEvents(["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.config.dsp.xic])
 
     # ---- in-order emission (sequencer thread) -----------------------------------------
     def _emit(self, result: ScanResult) -> None:
@@ -144,12 +139,9 @@ class Pipeline:
             self.latency.add(time.time_ns() - result.host_time_ns)
 
     def _publish_trace(self, result: ScanResult, scan: ProcessedScan, times: dict) -> None:
-        processor, names = self.traces
         values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
-        events = []
-        if processor is not None:
-            events = processor.update(result.scan_number, result.device_time_ns, values)
-        self.publisher.publish("trace", {**times, "names": names, "events": events}, [values])
+        events = self.traces.update(result.scan_number, result.device_time_ns, scan.tic, scan.xic)
+        self.publisher.publish("trace", {**times, "names": self.traces.names, "events": events}, [values])
 
     def _on_class(self, cls) -> None:
         """Batcher thread, in order: publish the label and close the scan's latency."""

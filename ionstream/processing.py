@@ -1,9 +1,12 @@
-"""Per-scan work done in a DSP worker thread: calibrate, process, centroid, features.
+"""Per-scan work of the pipeline, shared by the daemon, reprocessing and mzML export.
 
-One ScanWork per worker thread (it owns reusable buffers, so it is not shared). The output,
-ProcessedScan, holds only what must outlive the ring slot: the peak list, the traces'
-numbers and the feature vector (small, fresh per scan), and optionally a copy of the
-processed spectrum from a buffer pool for the `spectrum` topic.
+:class:`ScanWork` turns one scan (ring slot or capture record) into a :class:`ProcessedScan`:
+DSP (``dsp.processor.ScanProcessor``: baseline, smoothing, peaks, centroids, TIC/XIC) and the
+classifier's feature vector. One instance per worker thread: it owns reusable buffers.
+
+:class:`TraceEvents` runs the TIC/XIC points through ``dsp.traces.TraceProcessor`` in scan
+order and names its elution events; the daemon's sequencer and ``ionstream reprocess`` both
+use it, so live and offline results are the same.
 """
 from __future__ import annotations
 
@@ -12,45 +15,31 @@ from typing import Any, Callable
 
 import numpy as np
 
-from instrument.frames import Calibration, FrameHeader
+from dsp.processor import ScanParams, ScanProcessor
+from instrument.frames import FrameHeader
 from instrument.ring import Slot
 
-EMPTY_PEAKS = {
-    "mz": np.zeros(0, "<f8"), "intensity": np.zeros(0, "<f4"), "area": np.zeros(0, "<f4"),
-    "fwhm": np.zeros(0, "<f4"), "snr": np.zeros(0, "<f4"),
-}
+__all__ = ["PEAK_FIELDS", "ProcessedScan", "ScanWork", "TraceEvents", "scan_params"]
+
+# The wire layout of the `peaks` topic (docs/wire.md): name, little-endian dtype.
+PEAK_FIELDS = (("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
 
 
 @dataclass(slots=True)
 class ProcessedScan:
-    peaks: dict[str, np.ndarray]           # wire layout: mz <f8, intensity/area/fwhm/snr <f4
+    peaks: dict[str, np.ndarray]           # PEAK_FIELDS arrays, sorted by m/z; owned (fresh per scan)
     tic: float                             # total ion current (counts, baseline removed)
-    xic: np.ndarray                        # one value per configured m/z window (counts)
+    xic: np.ndarray                        # one value per configured m/z window (counts, float64)
     features: np.ndarray | None            # classifier input (float32), or None without a model
     spectrum: tuple[np.ndarray, np.ndarray, Callable[[], None]] | None = None  # (mz, intensity, release)
     ms_level: int = 1
     polarity: str = "positive"
 
 
-class AxisCache:
-    """m/z axes per (calibration, n_samples): frames of one instrument share a few."""
-
-    def __init__(self, max_entries: int = 8):
-        self._axes: dict[tuple[Calibration, int], np.ndarray] = {}
-        self._max = max_entries
-
-    def get(self, calibration: Calibration, n_samples: int) -> np.ndarray:
-        key = (calibration, n_samples)
-        axis = self._axes.get(key)
-        if axis is None:
-            from instrument.spectrum_model import mz_axis
-
-            if len(self._axes) >= self._max:
-                self._axes.pop(next(iter(self._axes)))
-            axis = mz_axis(calibration, n_samples)
-            axis.setflags(write=False)  # shared with subscribers (zero-copy) and other scans
-            self._axes[key] = axis
-        return axis
+def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]] = ()) -> ScanParams:
+    """ScanParams from the configuration's ``[dsp]`` values (``smoothing``, ``min_snr``, any other
+    ScanParams field) and the XIC windows (m/z). A wrong name raises TypeError naming it."""
+    return ScanParams(**dsp_params, xic=tuple((float(lo), float(hi)) for lo, hi in xic_windows))
 
 
 class ScanWork:
@@ -58,41 +47,85 @@ class ScanWork:
 
     def __init__(self, *, dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]],
                  feature_spec=None, spectrum_pool=None):
-        from dsp import ScanProcessor
-
-        self._dsp = ScanProcessor(**dsp_params)
-        self._axes = AxisCache()
+        self._dsp = ScanProcessor(scan_params(dsp_params, xic_windows))
         self._features = None
         if feature_spec is not None:
             from dsp.features import FeatureExtractor
 
             self._features = FeatureExtractor(feature_spec)
-        self._xic = np.asarray(xic_windows, dtype=np.float64).reshape(-1, 2)
         self._spectrum_pool = spectrum_pool
 
     def __call__(self, slot: Slot) -> ProcessedScan:
         return self.process(slot.header, slot.samples(), slot.mz_axis())
 
     def process(self, h: FrameHeader, samples: np.ndarray, mz: np.ndarray | None) -> ProcessedScan:
-        """One scan: ``samples`` as the frame carries them, ``mz`` its explicit axis or None (TOF)."""
+        """One scan: ``samples`` as the frame carries them (counts), ``mz`` the frame's explicit
+        axis (float64 m/z) or None for a TOF frame (its calibration gives the axis)."""
         if mz is None:
-            mz = self._axes.get(h.calibration, h.n_samples)
-        result = self._dsp.process(mz, samples)  # views into the processor's reused buffers
-        processed = result.intensity
-        peaks = {name: np.ascontiguousarray(result.peaks[name], dtype=EMPTY_PEAKS[name].dtype)
-                 for name in EMPTY_PEAKS}
-        xic = np.zeros(len(self._xic))
-        for i, (lo, hi) in enumerate(self._xic):
-            a, b = np.searchsorted(mz, (lo, hi))
-            xic[i] = float(processed[a:b].sum(dtype=np.float64))
-        features = None
-        if self._features is not None:
-            features = self._features(mz, samples)
+            result = self._dsp.process(samples, h.calibration)
+            if self._features is None and self._spectrum_pool is None:
+                axis = None  # nothing below needs it: skip the lookup
+            else:
+                axis = self._dsp.mz_axis(h.calibration, len(samples))
+        else:
+            result = self._dsp.process(samples, mz)
+            axis = mz
+        # result.peaks is a view of the processor's buffer, overwritten by the next scan.
+        peaks = {name: np.array(result.peaks[name], dtype=dtype, copy=True) for name, dtype in PEAK_FIELDS}
+        features = None if self._features is None else self._features(axis, samples)
         spectrum = None
-        if self._spectrum_pool is not None and len(processed) <= self._spectrum_pool.shape[0]:
+        if self._spectrum_pool is not None and len(samples) <= self._spectrum_pool.shape[0]:
+            processed = result.intensity
             buf, release = self._spectrum_pool.acquire()
             out = buf[: len(processed)]
             out[:] = processed
-            spectrum = (mz, out, release)
-        return ProcessedScan(peaks, float(result.tic), xic, features, spectrum, h.ms_level,
-                             h.polarity.name.lower())
+            spectrum = (axis, out, release)
+        return ProcessedScan(peaks, float(result.tic), np.array(result.xic, dtype=np.float64), features,
+                             spectrum, h.ms_level, h.polarity.name.lower())
+
+
+class TraceEvents:
+    """TIC/XIC through ``dsp.traces.TraceProcessor`` in scan order; elution events as flat dicts.
+
+    Points are pushed with their device time in seconds; the processor's point indices (pushed
+    scans, from 0) are mapped back to scan numbers. Each event dict has the scan whose arrival
+    emitted it (``scan``), ``trace`` (one of ``names``), ``kind`` (``start``, ``apex``, ``end``),
+    ``truncated``, ``start_scan``/``apex_scan``/``end_scan`` (-1: not yet known), their device
+    times ``*_time_s`` (NaN: not yet), ``height``, ``area`` (counts x s, END only), ``baseline``
+    and ``noise`` (counts).
+    """
+
+    KINDS = {1: "start", 2: "apex", 3: "end"}  # noqa: RUF012 (constant)
+    # Point index -> scan number for the last HISTORY points (a ring: a daemon runs for days).
+    # 2**20 points is minutes at the fastest scan rates, far longer than an elution peak; an
+    # older index reads as -1 (unknown).
+    HISTORY = 1 << 20
+
+    def __init__(self, names: list[str]):
+        from dsp.traces import TraceProcessor
+
+        self.names = list(names)
+        self.processor = TraceProcessor(n_xic=len(names) - 1)
+        self._scans = np.full(self.HISTORY, -1, np.int64)
+        self._pushed = 0
+
+    def update(self, scan_number: int, device_time_ns: int, tic: float, xic: np.ndarray) -> list[dict[str, Any]]:
+        """Push one scan's point (counts at ``device_time_ns``); returns the events it completed."""
+        self._scans[self._pushed % self.HISTORY] = scan_number
+        self._pushed += 1
+        _, rows = self.processor.push(device_time_ns / 1e9, tic, xic if len(xic) else None)
+        return [self._event(r) for r in rows]
+
+    def _scan(self, index: int) -> int:
+        if index < 0 or index < self._pushed - self.HISTORY:
+            return -1
+        return int(self._scans[index % self.HISTORY])
+
+    def _event(self, r) -> dict[str, Any]:
+        scan = self._scan
+        return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])],
+                "kind": self.KINDS.get(int(r["kind"]), str(int(r["kind"]))), "truncated": bool(r["truncated"]),
+                "start_scan": scan(int(r["start"])), "apex_scan": scan(int(r["apex"])), "end_scan": scan(int(r["end"])),
+                "start_time_s": float(r["start_time"]), "apex_time_s": float(r["apex_time"]),
+                "end_time_s": float(r["end_time"]), "height": float(r["height"]), "area": float(r["area"]),
+                "baseline": float(r["baseline"]), "noise": float(r["noise"])}

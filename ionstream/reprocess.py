@@ -272,44 +272,12 @@ def _scan_work(settings: Settings, feature_spec):
     return cached[1]
 
 
-class TraceStep:
-    """TIC/XIC through ``dsp.traces.TraceProcessor`` in scan order; elution events as flat dicts.
-
-    Points are pushed with their device time in seconds; the processor's point indices (pushed
-    scans, from 0) are mapped back to scan numbers. Each event dict has the scan whose arrival
-    emitted it (``scan``), ``trace`` (a name of :attr:`Settings.trace_names`), ``kind``
-    (``start``, ``apex``, ``end``), ``truncated``, ``start_scan``/``apex_scan``/``end_scan``
-    (-1: not yet known), their device times ``*_time_s`` (NaN: not yet), ``height``, ``area``
-    (counts x s, END only), ``baseline`` and ``noise`` (counts).
-    """
-
-    KINDS = {1: "start", 2: "apex", 3: "end"}  # noqa: RUF012 (constant)
-
-    def __init__(self, names: list[str]):
-        from dsp.traces import TraceProcessor
-
-        self.names = names
-        self.processor = TraceProcessor(n_xic=len(names) - 1)
-        self._scans: list[int] = []  # point index -> scan number
-
-    def update(self, scan_number: int, device_time_ns: int, tic: float, xic: np.ndarray) -> list[dict[str, Any]]:
-        self._scans.append(scan_number)
-        _, rows = self.processor.push(device_time_ns / 1e9, tic, xic if len(xic) else None)
-        return [self._event(r) for r in rows]
-
-    def _event(self, r) -> dict[str, Any]:
-        scan = (lambda i: self._scans[i] if i >= 0 else -1)
-        return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])],
-                "kind": self.KINDS.get(int(r["kind"]), str(int(r["kind"]))), "truncated": bool(r["truncated"]),
-                "start_scan": scan(int(r["start"])), "apex_scan": scan(int(r["apex"])), "end_scan": scan(int(r["end"])),
-                "start_time_s": float(r["start_time"]), "apex_time_s": float(r["apex_time"]),
-                "end_time_s": float(r["end_time"]), "height": float(r["height"]), "area": float(r["area"]),
-                "baseline": float(r["baseline"]), "noise": float(r["noise"])}
-
-
-def _trace_step(names: list[str]) -> TraceStep | None:
+def _trace_step(names: list[str]):
+    """The daemon's trace stage (ionstream.processing.TraceEvents) for ``names``, or None."""
     try:
-        return TraceStep(names)
+        from ionstream.processing import TraceEvents
+
+        return TraceEvents(names)
     except ImportError:  # dsp.traces not built: no events, as the daemon
         return None
 

@@ -25,7 +25,7 @@ import zlib
 
 import numpy as np
 
-HELP = "device-frame decode throughput (clean and 1 % corrupt) vs a plain reference decoder"
+HELP = "device-frame decode throughput (clean and 1 %% corrupt) vs a plain reference decoder"
 
 SYNC = b"\xa5\x5a\x49\x53"
 _ITEMSIZE = {1: 2, 2: 2, 3: 4, 4: 4, 5: 8}   # sample_dtype code -> bytes per sample

@@ -13,9 +13,8 @@ import importlib
 import json
 import sys
 
-HELP = "run a benchmark (decode, dsp, infer, gpu, zmq, e2e, usb, reprocess)"
-
 BENCHMARKS = ["decode", "dsp", "infer", "gpu", "zmq", "e2e", "usb", "reprocess", "soak"]
+HELP = "run a benchmark (" + ", ".join(BENCHMARKS) + ")"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

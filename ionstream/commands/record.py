@@ -88,7 +88,7 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
 
 
 def _drive_daemon(args: argparse.Namespace) -> int:
-    from ionstream.control import ControlClient
+    from ionstream.control import ControlClient, ControlError
 
     if args.action == "start" and not args.path:
         log.error("`record start` needs a PATH")
@@ -96,8 +96,12 @@ def _drive_daemon(args: argparse.Namespace) -> int:
     command = {"cmd": "record", "action": args.action}
     if args.path:
         command["path"] = args.path
-    with ControlClient(args.control_endpoint) as client:
-        reply = client.request(command)
+    try:
+        with ControlClient(args.control_endpoint) as client:
+            reply = client.request(command)
+    except ControlError as exc:  # no daemon there, or it refused our key: say so, no traceback
+        log.error("%s", exc)
+        return 1
     if not reply.get("ok"):
         log.error("daemon refused: %s", reply.get("error"))
         return 1

@@ -93,6 +93,9 @@ class PublishConfig:
     curve_clients_dir: str = _f("", "CURVE: directory of authorised client public keys")
     queue: int = _f(1024, "messages buffered between pipeline and publisher before drops", min=1)
     hwm: int = _f(1000, "ZeroMQ send high-water mark per subscriber (messages)", min=1)
+    wait_subscribers: int = _f(0, "before acquiring, wait for this many subscribers (so a replay for a "
+                               "known client loses no message to ZeroMQ's slow joiner); 0 = start at once",
+                               min=0)
 
 
 @dataclass

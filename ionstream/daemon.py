@@ -64,14 +64,27 @@ class Daemon:
                 "reload-model": self._on_reload, "shutdown": self._on_shutdown,
             }, allow_remote=self.config.publish.allow_remote, curve=self.pipeline.curve)
         try:
-            self.pipeline.start()
+            self.pipeline.start(acquire=False)
             if self.control is not None:
                 self.control.start()
+            if not self._wait_for_subscribers():
+                return None  # stopped while waiting: the loop ends at once
+            self.pipeline.start_acquisition()
         except Exception as exc:
             log.error("not started: %s", exc)
             self.pipeline.stop(drain_timeout_s=1.0)
             return EXIT_CONFIG
         return None
+
+    def _wait_for_subscribers(self) -> bool:
+        """Wait (interruptibly) for publish.wait_subscribers subscribers; False if stopped meanwhile."""
+        wanted = self.config.publish.wait_subscribers
+        if wanted:
+            log.info("waiting for %d subscriber(s) on %s before acquiring", wanted, self.pipeline.publisher.endpoint)
+        while wanted and not self.pipeline.publisher.wait_for_subscribers(wanted, timeout=0.2):
+            if self.stop_requested.is_set():
+                return False
+        return True
 
     def run(self) -> int:
         from ionstream.commands.run import SignalHandler

@@ -180,7 +180,9 @@ class Pipeline:
                                   for k, v in dataclasses.asdict(status).items()}
 
     # ---- lifecycle ---------------------------------------------------------------------
-    def start(self) -> "Pipeline":
+    def start(self, acquire: bool = True) -> "Pipeline":
+        """Start every stage; the acquisition too unless ``acquire`` is False (then call
+        :meth:`start_acquisition`, e.g. once subscribers have connected)."""
         self.started_at = time.monotonic()
         self._rates.update({"scans": 0, "bytes": 0})
         self.publisher.start()
@@ -189,10 +191,15 @@ class Pipeline:
             log.info("classifier: %s %s on %s", self.bundle.name, self.bundle.version, self._backend_name())
         self.dsp.start()
         self.sequencer.start()
+        if acquire:
+            self.start_acquisition()
+        return self
+
+    def start_acquisition(self) -> None:
+        """Open the capture file (if configured) and start reading the source."""
         if self.config.capture.record:
             self.record_start(self.config.capture.record)
         self.acquisition.start()
-        return self
 
     def finished(self) -> bool:
         """True once a finite source ended and everything downstream drained."""

@@ -300,12 +300,13 @@ def test_cli_on_an_existing_scheduler(captures, cluster, tmp_path):
     bad.write_bytes(b"garbage")
     cmd = [sys.executable, "-m", "ionstream.cli", "reprocess", str(captures[0]), str(bad), "--out",
            str(tmp_path / "out"), "--scheduler", cluster_.scheduler_address]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # not the checkout: its cext/ (sources, no build) would shadow the installed one
     assert proc.returncode == 1, proc.stderr  # one capture failed; the other finished
     assert "1 done, 0 skipped, 1 failed" in proc.stdout
     assert "NotACaptureError" in proc.stderr and "dashboard" in proc.stderr.lower()
     assert (tmp_path / "out" / "run0" / "done.json").exists()
-    proc = subprocess.run(cmd[:5] + cmd[6:], check=False, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd[:5] + cmd[6:], check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0 and "0 done, 1 skipped, 0 failed" in proc.stdout, proc.stderr
 
 

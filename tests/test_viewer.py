@@ -409,7 +409,7 @@ def test_cli_without_a_display_says_what_to_do(tmp_path):
     assert r.returncode == 2 and "no display" in r.stderr and "--screenshot" in r.stderr
 
 
-@pytest.mark.skipif(not shutil.which("xvfb-run"), reason="xvfb-run is not installed (apt: xvfb xauth libxcb-cursor0)")
+@pytest.mark.skipif(not shutil.which("xvfb-run"), reason="xvfb-run is not installed (apt: the X packages .ci/run installs)")
 def test_real_x11_window_under_xvfb(tmp_path):
     """The same viewer as a real X11 window (Qt's xcb platform) on a virtual X server."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"

@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", metavar="ENDPOINT", help="PUB endpoint (overrides publish.endpoint)")
     parser.add_argument("--control", metavar="ENDPOINT", help="control endpoint (overrides publish.control)")
     parser.add_argument("--spectrum", action="store_true", default=None, help="also publish whole spectra")
+    parser.add_argument("--wait-subscribers", type=int, metavar="N",
+                        help="wait for N subscribers before acquiring (overrides publish.wait_subscribers)")
 
 
 def build_config(args: argparse.Namespace):
@@ -71,6 +73,7 @@ def build_config(args: argparse.Namespace):
         "publish.endpoint": getattr(args, "endpoint", None),
         "publish.control": getattr(args, "control", None),
         "publish.spectrum": getattr(args, "spectrum", None),
+        "publish.wait_subscribers": getattr(args, "wait_subscribers", None),
     }
     return apply_overrides(config, overrides)
 

@@ -229,6 +229,17 @@ def encode_scan(
     return header + payload + HEADER_CRC_STRUCT.pack(zlib.crc32(payload))
 
 
+def restamp(frame: bytearray, *, sequence: int, scan_number: int, device_time_ns: int) -> None:
+    """Rewrite a v1 frame's sequence number, scan number and device time (ns) in place, with a new
+    header CRC. The payload and its CRC are untouched: for sources that repeat stored frames."""
+    fields = list(HEADER_STRUCT.unpack_from(frame, 0))
+    fields[4] = sequence & 0xFFFFFFFF
+    fields[5] = scan_number & 0xFFFFFFFF
+    fields[6] = device_time_ns & 0xFFFFFFFFFFFFFFFF
+    HEADER_STRUCT.pack_into(frame, 0, *fields)
+    HEADER_CRC_STRUCT.pack_into(frame, HEADER_STRUCT.size, zlib.crc32(memoryview(frame)[:HEADER_STRUCT.size]))
+
+
 def sample_type_of(dtype: np.dtype) -> SampleType:
     """The SampleType code for a NumPy dtype; ValueError names the supported ones."""
     dtype = np.dtype(dtype)

@@ -76,7 +76,9 @@ class InferenceConfig:
     model: str = _f("", "model bundle directory (model.onnx + model.json); empty = the shipped default")
     precision: str = _f("fp32", "tensorrt precision: fp32, fp16 or int8", choices=("fp32", "fp16", "int8"))
     max_batch: int = _f(32, "micro-batcher: largest batch (spectra)", min=1)
-    max_delay_ms: float = _f(5.0, "micro-batcher: longest a spectrum waits for its batch (ms)", min=0.0)
+    max_delay_ms: float = _f(0.0, "micro-batcher: longest a spectrum waits for company in its batch (ms); "
+                             "0 = run whatever is queued as soon as the backend is free (batches still "
+                             "grow under load, while the backend is busy)", min=0.0)
     gpus: list = _f([0], "GPU indices for tensorrt (one engine per GPU)")
     contexts_per_gpu: int = _f(2, "tensorrt execution contexts (CUDA streams) per GPU", min=1)
     engine_cache: str = _f("", "directory of cached TensorRT engines; empty = ~/.cache/ionstream/engines")

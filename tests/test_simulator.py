@@ -326,3 +326,36 @@ class TestPacer:
     def test_zero_rate_never_sleeps(self):
         pacer = Pacer(0.0, sleep=lambda s: pytest.fail("slept"))
         pacer.wait()
+
+
+class TestSimSourceRepeat:
+    """sim://?repeat=K: the first K spectra again, with fresh numbers, through the real decoder."""
+
+    @staticmethod
+    def _frames(url: str, n: int):
+        from instrument.frames import FrameDecoder
+        from instrument.sources import open_source
+
+        source = open_source(url)
+        source.open()
+        decoder, buf, out = FrameDecoder(), bytearray(1 << 16), []
+        while len(out) < n:
+            k = source.readinto(memoryview(buf))
+            out.extend((f.header, bytes(f.payload)) for f in decoder.feed(memoryview(buf)[:k]))
+        assert decoder.stats.header_crc_errors == 0 and decoder.stats.payload_crc_errors == 0
+        return out
+
+    def test_repeats_spectra_with_contiguous_numbers(self):
+        frames = self._frames("sim://?rate=0&samples=1024&seed=5&repeat=3", 12)
+        scans = [(h, p) for h, p in frames if h.frame_type == FrameType.SCAN]
+        assert [h.sequence for h, _ in frames] == list(range(len(frames)))
+        assert [h.scan_number for h, _ in scans] == list(range(len(scans)))
+        times = [h.device_time_ns for h, _ in scans]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        assert [p for _, p in scans[3:9]] == [p for _, p in scans[:3]] * 2
+        assert len({p for _, p in scans[:3]}) == 3
+
+    def test_without_repeat_every_spectrum_is_new(self):
+        frames = self._frames("sim://?rate=0&samples=1024&seed=5", 8)
+        payloads = [p for h, p in frames if h.frame_type == FrameType.SCAN]
+        assert len(set(payloads)) == len(payloads)

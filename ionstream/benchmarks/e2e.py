@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(samples: int, rate: float, workers: int) -> Config:
     config = Config()
-    config.source.url = f"sim://?rate={rate:g}&samples={samples}&seed=3"
+    # repeat: the instrument renders its spectra on its own hardware, not on the pipeline's cores
+    config.source.url = f"sim://?rate={rate:g}&samples={samples}&seed=3&repeat=64"
     config.ring.policy = "block"
     config.ring.max_samples = samples
     config.dsp.workers = workers

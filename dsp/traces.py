@@ -84,6 +84,9 @@ class StreamingSOS:
         self.n_channels = n_channels
         self.zi: np.ndarray | None = None     # (n_sections, 2, n_channels)
         self._zi1 = scipy.signal.sosfilt_zi(self.sos)
+        if not np.all(self.sos[:, 3] == 1.0):
+            raise ValueError("sos sections must be normalised (a0 == 1), as scipy.signal.butter returns them")
+        self._rows = [tuple(float(v) for v in row) for row in self.sos]
 
     def reset(self) -> None:
         self.zi = None
@@ -100,8 +103,27 @@ class StreamingSOS:
             return a[:, 0].copy() if one else a.copy()
         if self.zi is None:
             self.zi = self._zi1[:, :, None] * a[0][None, None, :]
-        y, self.zi = scipy.signal.sosfilt(self.sos, a, axis=0, zi=self.zi)
+        if a.shape[0] == 1:
+            y = self._one_point(a)
+        else:
+            y, self.zi = scipy.signal.sosfilt(self.sos, a, axis=0, zi=self.zi)
         return y[:, 0] if one else y
+
+    def _one_point(self, a: np.ndarray) -> np.ndarray:
+        """One sample per channel: the daemon pushes a point per scan, and sosfilt's set-up costs
+        30 us per call against ~2 us for these few multiplications. Same recurrence and operation
+        order as scipy's sosfilt (transposed direct form II), so the results are identical."""
+        zi = self.zi
+        y = np.empty_like(a)
+        for c in range(self.n_channels):
+            v = float(a[0, c])
+            for s, (b0, b1, b2, _, a1, a2) in enumerate(self._rows):
+                out = b0 * v + float(zi[s, 0, c])
+                zi[s, 0, c] = b1 * v - a1 * out + float(zi[s, 1, c])
+                zi[s, 1, c] = b2 * v - a2 * out
+                v = out
+            y[0, c] = v
+        return y
 
 
 @dataclass(frozen=True)

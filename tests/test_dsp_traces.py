@@ -42,6 +42,17 @@ class TestStreamingSOS:
         parts = [f(x[s]) for s in chunks(x.shape[0], sizes)]
         np.testing.assert_array_equal(np.concatenate(parts), one)
 
+    def test_point_by_point_equals_one_call(self):
+        # The daemon pushes one point per scan (a fast path, not sosfilt): bit-identical results.
+        rng = np.random.default_rng(1)
+        x = rng.normal(size=(500, 2)).cumsum(0) * 1e4
+        sos = design_lowpass(0.05, 6)
+        f = StreamingSOS(sos, 2)
+        got = np.concatenate([f(x[i:i + 1]) for i in range(len(x))])
+        np.testing.assert_array_equal(got, StreamingSOS(sos, 2)(x))
+        with pytest.raises(ValueError, match="normalised"):
+            StreamingSOS(sos * 2.0)
+
     def test_one_channel_and_raises(self):
         f = StreamingSOS(design_lowpass(0.3), 1)
         assert f(np.arange(5.0)).shape == (5,)

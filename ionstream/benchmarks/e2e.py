@@ -8,7 +8,8 @@
 3. Naive composition of the same steps in one thread, on the same scans: SciPy
    Savitzky-Golay + find_peaks(prominence, width) + feature vector + one ONNX Runtime call
    per scan + pickle over a ZeroMQ PUSH socket.
-Per-stage figures say where the time goes (DSP busy time per scan, inference per batch).
+Per-stage figures say where the time goes: CPU per scan of each stage's threads (Linux), DSP
+busy time per scan (wall, GIL waits included), inference per batch.
 """
 from __future__ import annotations
 
@@ -43,6 +44,41 @@ def _config(samples: int, rate: float, workers: int) -> Config:
     return config
 
 
+# Pipeline threads by name -> the stage reported (anything else: "other": ZeroMQ's I/O thread,
+# ONNX Runtime's pool, the main thread).
+_STAGE_OF_THREAD = {"acquisition": "acquisition", "sequencer": "sequencer", "batcher": "classifier",
+                    "ionstream-pub": "publisher"}
+
+
+def _stage_of(thread_name: str) -> str:
+    if thread_name.startswith("dsp") and thread_name[3:].isdigit():
+        return "dsp"
+    return _STAGE_OF_THREAD.get(thread_name, "other")
+
+
+def _cpu_by_stage() -> dict[str, float]:
+    """CPU seconds used so far by this process's threads, summed per stage (Linux /proc; {} elsewhere)."""
+    import os
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        stage = _stage_of(names.get(int(tid), ""))
+        out[stage] = out.get(stage, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
 def _run_pipeline(config: Config, seconds: float, progress) -> dict:
     from ionstream.pipeline import Pipeline
 
@@ -50,10 +86,12 @@ def _run_pipeline(config: Config, seconds: float, progress) -> dict:
     time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, caches, first batches
     s0 = pipeline.snapshot()
     busy0 = sum(pipeline.dsp.busy_ns)
+    cpu0 = _cpu_by_stage()
     pipeline.latency = type(pipeline.latency)()  # measure latency after warm-up only
     t0 = time.monotonic()
     time.sleep(seconds)
     s1 = pipeline.snapshot()
+    cpu1 = _cpu_by_stage()
     elapsed = time.monotonic() - t0
     busy1 = sum(pipeline.dsp.busy_ns)
     batch = pipeline.batcher.stats() if pipeline.batcher else {}
@@ -61,7 +99,10 @@ def _run_pipeline(config: Config, seconds: float, progress) -> dict:
     scans = s1["scans"] - s0["scans"]
     progress(f"{config.source.url}: {scans / elapsed:.0f} scans/s, drops {s1['drops_total']}, "
              f"p99 {s1['latency_p99_ms']:.2f} ms")
+    cpu = {stage: (cpu1[stage] - cpu0.get(stage, 0.0)) for stage in cpu1}
     return {
+        **{f"cpu_ms_per_scan_{stage}": 1e3 * used / max(1, scans) for stage, used in cpu.items()},
+        "cpu_cores_used": sum(cpu.values()) / elapsed,
         "scans_per_s": scans / elapsed,
         "drops": s1["drops_total"],
         "latency_p50_ms": s1["latency_p50_ms"],
@@ -139,4 +180,6 @@ def run(args: argparse.Namespace, progress) -> dict:
         "stage_infer_mean_batch": full["infer_mean_batch"],
         "stage_infer_queue_delay_p99_ms": half["infer_queue_delay_p99_ms"],
         "p99_latency_ms_full_load": full["latency_p99_ms"],
+        "stage_cpu_cores_used": full["cpu_cores_used"],
+        **{f"stage_{k}": v for k, v in full.items() if k.startswith("cpu_ms_per_scan_")},
     }

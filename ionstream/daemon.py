@@ -30,7 +30,7 @@ class Daemon:
 
     # ---- control handlers (run on the control thread: quick) ---------------------------
     def _on_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return {"stats": self.pipeline.snapshot()}
+        return self.pipeline.snapshot()  # flat, as docs/wire.md's control table says
 
     def _on_record(self, req: dict[str, Any]) -> dict[str, Any]:
         if req["action"] == "start":

@@ -94,9 +94,13 @@ def test_corruption_unplug_and_a_stuck_subscriber_lose_nothing_uncounted(tmp_pat
 
             with ControlClient(control, timeout=10) as client:
                 reply = client.request({"cmd": "status"})
+            shown = subprocess.run(IONSTREAM + ["status", "--endpoint", control], cwd=tmp_path, capture_output=True,
+                                   text=True, timeout=30)
             conn.close()
+        assert shown.returncode == 0, shown.stderr
+        assert "state  running" in shown.stdout and "CRC errors  " in shown.stdout, shown.stdout
         assert reply["ok"], reply
-        status = reply["stats"]
+        status = reply
         assert status["state"] == "running"
         assert status["crc_errors"] >= 1 and status["bytes_skipped"] >= 5000
         assert status["disconnects"] >= 1 and status["reconnects"] >= 1

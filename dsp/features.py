@@ -19,7 +19,9 @@ an edge in segment ``i`` at fraction ``t`` is ``sum(S_j, j < i) + t * S_i``, so 
 in segments ``i0``, ``i1`` at fractions ``t0``, ``t1`` integrates ``sum(S_i0 .. S_i1-1) + t1*S_i1 - t0*S_i0``.
 The segment index and fraction of every edge depend only on the m/z axis (:class:`BinPlan`), so
 a batch of spectra sharing one calibration shares one plan; inference/gpu.py runs the same
-formula on the GPU.
+formula on the GPU. One spectrum (:func:`feature_vector`, :class:`FeatureExtractor`) goes through
+the Cython kernel cext/features.pyx in a single call without the GIL; :meth:`BinPlan.bin` and
+:func:`normalise` are the NumPy reference (:func:`feature_vector_reference`) and serve batches.
 
 Normalisation (applied per spectrum, in this order)
 ---------------------------------------------------
@@ -41,6 +43,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
+from cext import features as _kernel
+
 FEATURE_VERSION = 1
 """Version of the binning + normalisation definition above; model.json records it."""
 
@@ -50,6 +54,12 @@ TRANSFORMS = ("sqrt", "none")
 SPACINGS = ("linear",)
 
 _TINY = 1e-30
+
+_BASELINE_CODE = {"none": _kernel.BASELINE_NONE, "tophat": _kernel.BASELINE_TOPHAT, "min": _kernel.BASELINE_MIN}
+_SCALE_CODE = {"none": _kernel.SCALE_NONE, "max": _kernel.SCALE_MAX, "sum": _kernel.SCALE_SUM}
+_TRANSFORM_CODE = {"none": _kernel.TRANSFORM_NONE, "sqrt": _kernel.TRANSFORM_SQRT}
+# The kernel is compiled for these (native byte order); other spectra are converted to float64 first.
+_KERNEL_DTYPES = frozenset(np.dtype(t) for t in (np.uint16, np.int16, np.int32, np.float32, np.float64))
 
 
 class FeatureSpecError(ValueError):
@@ -242,9 +252,47 @@ def normalise(x: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return x
 
 
+def _samples(plan: BinPlan, intensity) -> np.ndarray:
+    """``intensity`` as the kernel takes it: 1-D, C-contiguous, one of its dtypes (others to float64,
+    as BinPlan.bin converts them)."""
+    y = np.asarray(intensity)
+    if y.ndim != 1:
+        raise ValueError(f"`intensity` must be 1-D, got shape {y.shape}")
+    if y.shape[0] != plan.n_samples:
+        raise ValueError(f"`intensity` must have shape ({plan.n_samples},) or (rows, {plan.n_samples}) "
+                         f"to match the m/z axis, got {y.shape}")
+    if y.dtype not in _KERNEL_DTYPES:
+        return y.astype(np.float64)
+    return np.ascontiguousarray(y)
+
+
+def _check_out(out: np.ndarray, spec: FeatureSpec) -> None:
+    if out.shape != (spec.bins,) or out.dtype != np.float32:
+        raise ValueError(f"`out` must be float32 of shape ({spec.bins},), got {out.dtype} {out.shape}")
+
+
+def _writable(out: np.ndarray) -> bool:
+    """Whether the kernel can write ``out`` directly (else it goes through a temporary)."""
+    return out.flags.c_contiguous and out.flags.writeable
+
+
+def _run(plan: BinPlan, y: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    spec = plan.spec
+    _kernel.feature_vector(y, plan.index, plan.frac, plan.dmz, plan.width, plan.lo, plan.hi,
+                           _BASELINE_CODE[spec.baseline], spec.baseline_window, _SCALE_CODE[spec.scale],
+                           _TRANSFORM_CODE[spec.transform], out, scratch)
+
+
+def _scratch(spec: FeatureSpec) -> np.ndarray:
+    return np.empty(_kernel.scratch_len(spec.bins, spec.baseline_window), np.float64)
+
+
 def feature_vector(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec, out: np.ndarray | None = None,
                    plan: BinPlan | None = None) -> np.ndarray:
     """The model's input vector for one calibrated profile spectrum.
+
+    Computed by the nogil kernel cext/features.pyx; :func:`feature_vector_reference` is the same
+    definition in NumPy (the two agree to float32 rounding, see the kernel's docstring).
 
     Parameters
     ----------
@@ -265,14 +313,33 @@ def feature_vector(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec, out
     """
     if plan is None or plan.spec != spec or not plan.matches(np.asarray(mz)):
         plan = BinPlan(spec, mz)
+    y = _samples(plan, intensity)
+    if out is None:
+        out = np.empty(spec.bins, np.float32)
+    else:
+        _check_out(out, spec)
+    if _writable(out):
+        _run(plan, y, out, _scratch(spec))
+    else:
+        tmp = np.empty(spec.bins, np.float32)
+        _run(plan, y, tmp, _scratch(spec))
+        out[:] = tmp
+    return out
+
+
+def feature_vector_reference(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec,
+                             out: np.ndarray | None = None, plan: BinPlan | None = None) -> np.ndarray:
+    """:func:`feature_vector` in NumPy/SciPy (:meth:`BinPlan.bin` then :func:`normalise`): the
+    reference the kernel is tested against; same arguments and result."""
+    if plan is None or plan.spec != spec or not plan.matches(np.asarray(mz)):
+        plan = BinPlan(spec, mz)
     intensity = np.asarray(intensity)
     if intensity.ndim != 1:
         raise ValueError(f"`intensity` must be 1-D, got shape {intensity.shape}")
     x = normalise(plan.bin(intensity), spec)
     if out is None:
         return x.astype(np.float32)
-    if out.shape != (spec.bins,) or out.dtype != np.float32:
-        raise ValueError(f"`out` must be float32 of shape ({spec.bins},), got {out.dtype} {out.shape}")
+    _check_out(out, spec)
     out[:] = x
     return out
 
@@ -294,15 +361,29 @@ class FeatureExtractor:
     """Per-thread feature computation that keeps the plan of the last m/z axis it saw.
 
     A DSP worker owns one: ``vec = extractor(mz, intensity)`` (or ``out=`` a reused buffer).
-    The plan is rebuilt when the axis changes (different length or end points).
+    The plan is rebuilt when the axis changes (different length or end points). The extractor
+    keeps the kernel's scratch, so with ``out=`` a call allocates no arrays for C-contiguous
+    uint16, int16, int32, float32 or float64 spectra; not thread-safe.
     """
 
     def __init__(self, spec: FeatureSpec):
         self.spec = spec
         self._plan: BinPlan | None = None
+        self._scratch = _scratch(spec)
+        self._tmp = np.empty(spec.bins, np.float32)   # for an `out` the kernel cannot write
 
     def __call__(self, mz: np.ndarray, intensity: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         mz = np.asarray(mz)
         if self._plan is None or not self._plan.matches(mz):
             self._plan = BinPlan(self.spec, mz)
-        return feature_vector(mz, intensity, self.spec, out=out, plan=self._plan)
+        y = _samples(self._plan, intensity)
+        if out is None:
+            out = np.empty(self.spec.bins, np.float32)   # the caller keeps it: not a reused buffer
+        else:
+            _check_out(out, self.spec)
+        if _writable(out):
+            _run(self._plan, y, out, self._scratch)
+        else:
+            _run(self._plan, y, self._tmp, self._scratch)
+            out[:] = self._tmp
+        return out

@@ -121,7 +121,7 @@ def _naive(samples: int, n_scans: int, progress) -> float:
     import scipy.signal
     import zmq
 
-    from dsp.features import feature_vector
+    from dsp.features import feature_vector_reference as feature_vector  # the plain NumPy one
     from inference.bundle import load_bundle
     from instrument.simulator import SimConfig, Simulator
     from instrument.spectrum_model import mz_axis

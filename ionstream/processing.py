@@ -90,9 +90,11 @@ class TraceEvents:
     Points are pushed with their device time in seconds; the processor's point indices (pushed
     scans, from 0) are mapped back to scan numbers. Each event dict has the scan whose arrival
     emitted it (``scan``), ``trace`` (one of ``names``), ``kind`` (``start``, ``apex``, ``end``),
-    ``truncated``, ``start_scan``/``apex_scan``/``end_scan`` (-1: not yet known), their device
-    times ``*_time_s`` (NaN: not yet), ``height``, ``area`` (counts x s, END only), ``baseline``
-    and ``noise`` (counts).
+    ``t_ns`` (device time of the point the event names: its start, apex or end; ns) and
+    ``intensity`` (the trace there: baseline + height at the apex, the baseline at start and end;
+    counts) for drawing it, ``truncated``, ``start_scan``/``apex_scan``/``end_scan`` (-1: not yet
+    known), their device times ``*_time_s`` (NaN: not yet), ``height``, ``area`` (counts x s, END
+    only), ``baseline`` and ``noise`` (counts).
     """
 
     KINDS = {1: "start", 2: "apex", 3: "end"}  # noqa: RUF012 (constant)
@@ -107,11 +109,13 @@ class TraceEvents:
         self.names = list(names)
         self.processor = TraceProcessor(n_xic=len(names) - 1)
         self._scans = np.full(self.HISTORY, -1, np.int64)
+        self._times_ns = np.zeros(self.HISTORY, np.int64)
         self._pushed = 0
 
     def update(self, scan_number: int, device_time_ns: int, tic: float, xic: np.ndarray) -> list[dict[str, Any]]:
         """Push one scan's point (counts at ``device_time_ns``); returns the events it completed."""
         self._scans[self._pushed % self.HISTORY] = scan_number
+        self._times_ns[self._pushed % self.HISTORY] = device_time_ns
         self._pushed += 1
         _, rows = self.processor.push(device_time_ns / 1e9, tic, xic if len(xic) else None)
         return [self._event(r) for r in rows]
@@ -123,8 +127,13 @@ class TraceEvents:
 
     def _event(self, r) -> dict[str, Any]:
         scan = self._scan
-        return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])],
-                "kind": self.KINDS.get(int(r["kind"]), str(int(r["kind"]))), "truncated": bool(r["truncated"]),
+        kind = self.KINDS.get(int(r["kind"]), str(int(r["kind"])))
+        at = int(r[kind]) if kind in ("start", "apex", "end") else -1   # the point the event names
+        known = 0 <= at and at >= self._pushed - self.HISTORY
+        level = float(r["baseline"]) + (float(r["height"]) if kind == "apex" else 0.0)
+        return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])], "kind": kind,
+                "t_ns": int(self._times_ns[at % self.HISTORY]) if known else None, "intensity": level,
+                "truncated": bool(r["truncated"]),
                 "start_scan": scan(int(r["start"])), "apex_scan": scan(int(r["apex"])), "end_scan": scan(int(r["end"])),
                 "start_time_s": float(r["start_time"]), "apex_time_s": float(r["apex_time"]),
                 "end_time_s": float(r["end_time"]), "height": float(r["height"]), "area": float(r["area"]),

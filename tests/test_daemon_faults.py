@@ -18,9 +18,9 @@ from ionstream.control import ControlClient
 from ionstream.subscriber import Subscriber
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
-# Spectra of this size (192 KiB each on the `spectrum` topic) overflow the stuck subscriber's
+# Spectra of this size (768 KiB each on the `spectrum` topic) overflow the stuck subscriber's
 # ZeroMQ queues and the kernel's socket buffers within the run.
-N_SAMPLES = 16384
+N_SAMPLES = 65536
 
 
 def _free_port() -> int:

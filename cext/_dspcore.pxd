@@ -279,6 +279,24 @@ cdef extern from *:
         a1 = (f1[0] + f1[1]) + (f1[2] + f1[3]);
         a2 = (f2[0] + f2[1]) + (f2[2] + f2[3]);
         k = (Py_ssize_t)ci[0] + ci[1] + ci[2] + ci[3];
+    #else
+        /* The same 4 lanes and the same rounding order as the SSE2 path, so every architecture
+           (aarch64 included: GCC turns this into NEON) gives the same bits for the same input. */
+        float f1[4] = {0.0f, 0.0f, 0.0f, 0.0f}, f2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        Py_ssize_t ci[4] = {0, 0, 0, 0};
+        for (; j + 4 <= m; j += 4) {
+            for (int i = 0; i < 4; i++) {
+                float d = v[j + i] - centre;
+                int keep = fabsf(d) <= lim;
+                d = keep ? d : 0.0f;
+                f1[i] += d;
+                f2[i] += d * d;
+                ci[i] += keep;
+            }
+        }
+        a1 = (f1[0] + f1[1]) + (f1[2] + f1[3]);
+        a2 = (f2[0] + f2[1]) + (f2[2] + f2[3]);
+        k = ci[0] + ci[1] + ci[2] + ci[3];
     #endif
         for (; j < m; j++) {
             float d = v[j] - centre;

@@ -42,7 +42,8 @@ def capture(tmp_path_factory):
 def _replay(capture_dir, workers: int) -> dict:
     """Run the daemon on the capture; return per-topic digests of what a subscriber received."""
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    with Subscriber(endpoint, topics=["peaks", "class"], timeout=60.0) as sub:
+    # One subscription (every topic), so --wait-subscribers 1 cannot start acquisition between two.
+    with Subscriber(endpoint, topics=None, timeout=60.0) as sub:
         proc = subprocess.Popen(IONSTREAM + ["run", "-c", "replay.toml", "--source",
                                              f"replay://{capture_dir / 'cap.isc'}?speed=max",
                                              "--workers", str(workers), "--endpoint", endpoint,
@@ -54,6 +55,8 @@ def _replay(capture_dir, workers: int) -> dict:
             while len(peaks) < SCANS or len(classes) < SCANS:
                 msg = sub.recv()
                 assert not msg.gap, f"missed {msg.gap} {msg.topic} message(s)"
+                if msg.topic not in ("peaks", "class"):
+                    continue
                 if msg.topic == "peaks":
                     peaks.append((msg.scan, msg.header["tic"],
                                   b"".join(msg[k].tobytes() for k in ("mz", "intensity", "area", "fwhm", "snr"))))

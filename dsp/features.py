@@ -287,6 +287,33 @@ def _scratch(spec: FeatureSpec) -> np.ndarray:
     return np.empty(_kernel.scratch_len(spec.bins, spec.baseline_window), np.float64)
 
 
+def _plan_for(mz, spec: FeatureSpec, plan: BinPlan | None) -> BinPlan:
+    """``plan`` if it was made for ``spec`` and this axis, else a new one."""
+    if plan is None or plan.spec != spec or not plan.matches(np.asarray(mz)):
+        plan = BinPlan(spec, mz)
+    return plan
+
+
+def _compute(plan: BinPlan, intensity, out: np.ndarray | None, scratch: np.ndarray,
+             tmp: np.ndarray | None = None) -> np.ndarray:
+    """Run the kernel for one spectrum into ``out`` (new when None; through ``tmp``, or a new
+    temporary, when the kernel cannot write ``out`` directly)."""
+    spec = plan.spec
+    y = _samples(plan, intensity)
+    if out is None:
+        out = np.empty(spec.bins, np.float32)   # the caller keeps it: never a reused buffer
+    else:
+        _check_out(out, spec)
+    if _writable(out):
+        _run(plan, y, out, scratch)
+        return out
+    if tmp is None:
+        tmp = np.empty(spec.bins, np.float32)
+    _run(plan, y, tmp, scratch)
+    out[:] = tmp
+    return out
+
+
 def feature_vector(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec, out: np.ndarray | None = None,
                    plan: BinPlan | None = None) -> np.ndarray:
     """The model's input vector for one calibrated profile spectrum.
@@ -311,28 +338,14 @@ def feature_vector(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec, out
     -------
     (bins,) float32 array
     """
-    if plan is None or plan.spec != spec or not plan.matches(np.asarray(mz)):
-        plan = BinPlan(spec, mz)
-    y = _samples(plan, intensity)
-    if out is None:
-        out = np.empty(spec.bins, np.float32)
-    else:
-        _check_out(out, spec)
-    if _writable(out):
-        _run(plan, y, out, _scratch(spec))
-    else:
-        tmp = np.empty(spec.bins, np.float32)
-        _run(plan, y, tmp, _scratch(spec))
-        out[:] = tmp
-    return out
+    return _compute(_plan_for(mz, spec, plan), intensity, out, _scratch(spec))
 
 
 def feature_vector_reference(mz: np.ndarray, intensity: np.ndarray, spec: FeatureSpec,
                              out: np.ndarray | None = None, plan: BinPlan | None = None) -> np.ndarray:
     """:func:`feature_vector` in NumPy/SciPy (:meth:`BinPlan.bin` then :func:`normalise`): the
     reference the kernel is tested against; same arguments and result."""
-    if plan is None or plan.spec != spec or not plan.matches(np.asarray(mz)):
-        plan = BinPlan(spec, mz)
+    plan = _plan_for(mz, spec, plan)
     intensity = np.asarray(intensity)
     if intensity.ndim != 1:
         raise ValueError(f"`intensity` must be 1-D, got shape {intensity.shape}")
@@ -373,17 +386,5 @@ class FeatureExtractor:
         self._tmp = np.empty(spec.bins, np.float32)   # for an `out` the kernel cannot write
 
     def __call__(self, mz: np.ndarray, intensity: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        mz = np.asarray(mz)
-        if self._plan is None or not self._plan.matches(mz):
-            self._plan = BinPlan(self.spec, mz)
-        y = _samples(self._plan, intensity)
-        if out is None:
-            out = np.empty(self.spec.bins, np.float32)   # the caller keeps it: not a reused buffer
-        else:
-            _check_out(out, self.spec)
-        if _writable(out):
-            _run(self._plan, y, out, self._scratch)
-        else:
-            _run(self._plan, y, self._tmp, self._scratch)
-            out[:] = self._tmp
-        return out
+        self._plan = _plan_for(mz, self.spec, self._plan)
+        return _compute(self._plan, intensity, out, self._scratch, self._tmp)

@@ -117,7 +117,8 @@ class Simulator:
         """Run time (s since scan 0) of scan ``scan_number`` on the simulated clock."""
         return scan_number / self.config.sim_rate_hz
 
-    def _device_time_ns(self, scan_number: int) -> int:
+    def device_time_ns(self, scan_number: int) -> int:
+        """Device clock (ns) of scan ``scan_number``."""
         return self.config.start_time_ns + int(round(scan_number * self._period_ns))
 
     def _status_due(self) -> bool:
@@ -133,7 +134,7 @@ class Simulator:
         k = self.scan_number
         samples, truth = self.generator.generate(k, self.scan_time_s(k), out=self._samples)
         frame = frames.encode_scan(
-            samples, sequence=self.sequence, scan_number=k, device_time_ns=self._device_time_ns(k),
+            samples, sequence=self.sequence, scan_number=k, device_time_ns=self.device_time_ns(k),
             ms_level=self.config.ms_level, polarity=self.polarity, calibration=self.calibration)
         self.sequence += 1
         self.scan_number += 1
@@ -156,7 +157,7 @@ class Simulator:
         _, truth = self.generator.generate(k, self.scan_time_s(k), out=out)
         view[:HEADER_SIZE] = frames.pack_header(
             frame_type=FrameType.SCAN, sequence=self.sequence, scan_number=k,
-            device_time_ns=self._device_time_ns(k), ms_level=self.config.ms_level, polarity=self.polarity,
+            device_time_ns=self.device_time_ns(k), ms_level=self.config.ms_level, polarity=self.polarity,
             sample_type=self.sample_type, n_samples=self.config.n_samples, payload_size=n_payload,
             calibration=self.calibration)
         HEADER_CRC_STRUCT.pack_into(view, HEADER_SIZE + n_payload, zlib.crc32(payload))

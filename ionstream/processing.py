@@ -80,8 +80,9 @@ class ScanWork:
             out = buf[: len(processed)]
             out[:] = processed
             spectrum = (axis, out, release)
-        return ProcessedScan(peaks, float(result.tic), np.array(result.xic, dtype=np.float64), features,
-                             spectrum, h.ms_level, h.polarity.name.lower())
+        # result.xic is a fresh float64 array for each scan (not a processor buffer): no copy.
+        return ProcessedScan(peaks, float(result.tic), result.xic, features, spectrum, h.ms_level,
+                             h.polarity.name.lower())
 
 
 class TraceEvents:
@@ -120,19 +121,23 @@ class TraceEvents:
         _, rows = self.processor.push(device_time_ns / 1e9, tic, xic if len(xic) else None)
         return [self._event(r) for r in rows]
 
+    def _kept(self, index: int) -> bool:
+        """Whether point ``index`` is still in the history ring."""
+        return 0 <= index and index >= self._pushed - self.HISTORY
+
     def _scan(self, index: int) -> int:
-        if index < 0 or index < self._pushed - self.HISTORY:
-            return -1
-        return int(self._scans[index % self.HISTORY])
+        return int(self._scans[index % self.HISTORY]) if self._kept(index) else -1
+
+    def _time_ns(self, index: int) -> int | None:
+        return int(self._times_ns[index % self.HISTORY]) if self._kept(index) else None
 
     def _event(self, r) -> dict[str, Any]:
         scan = self._scan
         kind = self.KINDS.get(int(r["kind"]), str(int(r["kind"])))
         at = int(r[kind]) if kind in ("start", "apex", "end") else -1   # the point the event names
-        known = 0 <= at and at >= self._pushed - self.HISTORY
         level = float(r["baseline"]) + (float(r["height"]) if kind == "apex" else 0.0)
         return {"scan": scan(int(r["emitted"])), "trace": self.names[int(r["channel"])], "kind": kind,
-                "t_ns": int(self._times_ns[at % self.HISTORY]) if known else None, "intensity": level,
+                "t_ns": self._time_ns(at), "intensity": level,
                 "truncated": bool(r["truncated"]),
                 "start_scan": scan(int(r["start"])), "apex_scan": scan(int(r["apex"])), "end_scan": scan(int(r["end"])),
                 "start_time_s": float(r["start_time"]), "apex_time_s": float(r["apex_time"]),

@@ -272,16 +272,6 @@ def _scan_work(settings: Settings, feature_spec):
     return cached[1]
 
 
-def _trace_step(names: list[str]):
-    """The daemon's trace stage (ionstream.processing.TraceEvents) for ``names``, or None."""
-    try:
-        from ionstream.processing import TraceEvents
-
-        return TraceEvents(names)
-    except ImportError:  # dsp.traces not built: no events, as the daemon
-        return None
-
-
 # ---------------------------------------------------------------------------------------
 # One capture (runs in a worker)
 # ---------------------------------------------------------------------------------------
@@ -347,7 +337,9 @@ class _CaptureRun:
         self.tables = tables
         self.clf = classifier
         self.work = _scan_work(settings, feature_spec)
-        self.traces = _trace_step(settings.trace_names)
+        from ionstream.processing import TraceEvents
+
+        self.traces = TraceEvents(settings.trace_names)  # the daemon's trace stage
         self.n_xic = len(settings.xic)
         bins = feature_spec.bins if feature_spec is not None else 0
         self._features = np.zeros((settings.max_batch, bins), np.float32) if classifier else None
@@ -393,8 +385,8 @@ class _CaptureRun:
         self._xic.append(np.array(scan.xic, np.float64, copy=True))
         self.counts["scans"] += 1
         self.counts["peaks"] += npk
-        if self.traces is not None:  # in scan order, as the daemon's sequencer emits them
-            self._events.extend(self.traces.update(n, header.device_time_ns, scan.tic, scan.xic))
+        # in scan order, as the daemon's sequencer emits them
+        self._events.extend(self.traces.update(n, header.device_time_ns, scan.tic, scan.xic))
         if self.clf is not None and scan.features is not None:
             i = len(self._feature_scans)
             self._features[i] = scan.features

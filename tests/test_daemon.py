@@ -2,24 +2,14 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import IONSTREAM, free_port
 
 
 def _endpoints() -> list[str]:
-    return ["--endpoint", f"tcp://127.0.0.1:{_free_port()}", "--control", f"tcp://127.0.0.1:{_free_port()}"]
+    return ["--endpoint", f"tcp://127.0.0.1:{free_port()}", "--control", f"tcp://127.0.0.1:{free_port()}"]
 
 
 def _start(args, tmp_path, **kw):
@@ -92,7 +82,7 @@ def test_finite_replay_runs_to_the_end(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_second_signal_exits_at_once(tmp_path, sig):
     # A source that never opens keeps the daemon busy reconnecting; two signals must still end it.
-    proc = _start(["run", "--source", f"tcp://127.0.0.1:{_free_port()}"] + _endpoints(), tmp_path)
+    proc = _start(["run", "--source", f"tcp://127.0.0.1:{free_port()}"] + _endpoints(), tmp_path)
     time.sleep(1.5)
     proc.send_signal(sig)
     proc.send_signal(sig)

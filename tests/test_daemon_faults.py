@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,17 +15,11 @@ import zmq
 from instrument.frames import encode_scan
 from ionstream.control import ControlClient
 from ionstream.subscriber import Subscriber
+from support import IONSTREAM, free_port
 
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 # Spectra of this size (768 KiB each on the `spectrum` topic) overflow the stuck subscriber's
 # ZeroMQ queues and the kernel's socket buffers within the run.
 N_SAMPLES = 65536
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _frame(scan: int) -> bytes:
@@ -54,7 +47,7 @@ def _accept(server: socket.socket) -> socket.socket:
 
 def test_corruption_unplug_and_a_stuck_subscriber_lose_nothing_uncounted(tmp_path):
     server = socket.create_server(("127.0.0.1", 0))
-    endpoint, control = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     ctx = zmq.Context.instance()
     stuck = ctx.socket(zmq.SUB)  # subscribes, then never reads: ZeroMQ drops for it alone
     stuck.setsockopt(zmq.RCVHWM, 5)

@@ -7,23 +7,14 @@ as a subprocess replaying it at full speed, and a ZeroMQ subscriber over TCP.
 import hashlib
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from ionstream.subscriber import Subscriber
+from support import IONSTREAM, free_port
 
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 SCANS = 240
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def capture(tmp_path_factory):
 
 def _replay(capture_dir, workers: int) -> dict:
     """Run the daemon on the capture; return per-topic digests of what a subscriber received."""
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     # One subscription (every topic), so --wait-subscribers 1 cannot start acquisition between two.
     with Subscriber(endpoint, topics=None, timeout=60.0) as sub:
         proc = subprocess.Popen(IONSTREAM + ["run", "-c", "replay.toml", "--source",

@@ -36,12 +36,11 @@ class SimSource(Source):
         self.count = url.option("count", 0, int)
         self.repeat = url.option("repeat", 0, int)
         self._stored: list[bytearray] = []   # the first `repeat` scan frames
-        self._sequence = 0                   # of the next frame
         self.finite = self.count > 0
         self._frames = None
         self._simulator = None
         self._pending = memoryview(b"")
-        self._emitted = 0   # frames, for pacing
+        self._emitted = 0   # frames, for pacing (and the next frame's sequence number)
         self._scans = 0     # scan frames, for count
         self._t0 = 0.0
 
@@ -69,7 +68,6 @@ class SimSource(Source):
             frame, is_scan = self._next_frame()
             self._pending = memoryview(frame)
             self._emitted += 1
-            self._sequence += 1
             self._scans += is_scan
         n = min(len(buf), len(self._pending))
         buf[:n] = self._pending[:n]
@@ -81,18 +79,13 @@ class SimSource(Source):
             from instrument.frames import restamp
 
             frame = self._stored[self._scans % self.repeat]
-            restamp(frame, sequence=self._sequence, scan_number=self._scans,
-                    device_time_ns=self._device_time_ns())
+            restamp(frame, sequence=self._emitted, scan_number=self._scans,
+                    device_time_ns=self._simulator.device_time_ns(self._scans))
             return frame, True
         frame, truth = next(self._frames)
         if self.repeat and truth is not None:
             self._stored.append(bytearray(frame))
         return frame, truth is not None
-
-    def _device_time_ns(self) -> int:
-        """Device time of the next scan on the simulator's own clock (ns)."""
-        config = self._simulator.config
-        return config.start_time_ns + int(round(self._scans * 1e9 / config.sim_rate_hz))
 
     def close(self) -> None:
         pass  # nothing to release; keeping the generator lets a re-open continue the run

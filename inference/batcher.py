@@ -177,6 +177,11 @@ class MicroBatcher:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """True once start() was called (the thread may have ended since)."""
+        return self._thread.ident is not None
+
     def __enter__(self) -> "MicroBatcher":
         return self.start()
 

@@ -76,6 +76,11 @@ class AcquisitionThread:
         return self._thread.is_alive()
 
     @property
+    def started(self) -> bool:
+        """True once start() was called (the thread may have ended since)."""
+        return self._thread.ident is not None
+
+    @property
     def stopping(self) -> threading.Event:
         return self._stop
 

@@ -25,10 +25,12 @@ class Recorder:
                  fsync_interval_s: float = 1.0, compress: bool = False):
         self.path = Path(path)
         self._ring = ring
-        self._reader = ring.add_reader(f"recorder:{self.path.name}")
-        # exclusive: never overwrite an earlier capture by reusing its name.
+        # exclusive: never overwrite an earlier capture by reusing its name. The file is opened
+        # before the ring reader exists: a refused path must not leave a reader that nobody
+        # releases (under ring.policy "block" that would stop acquisition for good).
         self._writer = CaptureWriter(self.path, description, fsync_interval_s=fsync_interval_s,
                                      compress=compress, exclusive=True)
+        self._reader = ring.add_reader(f"recorder:{self.path.name}")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self.frames = 0
@@ -38,6 +40,10 @@ class Recorder:
     def dropped(self) -> int:
         """Frames the ring overwrote before the recorder got to them."""
         return self._reader.dropped
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> "Recorder":
         self._thread.start()

@@ -116,6 +116,11 @@ class RingReader:
         self.dropped = 0  # frames overwritten before this reader got to them
 
     @property
+    def cursor(self) -> int:
+        """The next ring index this reader will take."""
+        return self._cursor
+
+    @property
     def lag(self) -> int:
         """Frames written but not yet read by this reader."""
         return self.ring._head - self._cursor
@@ -267,6 +272,11 @@ class RingBuffer:
         for r in self._readers:
             r._ready.set()
         self._space.set()
+
+    @property
+    def head(self) -> int:
+        """The ring index the next put() will write (the number of frames ever put)."""
+        return self._head
 
     @property
     def closed(self) -> bool:

@@ -105,6 +105,11 @@ class StatusConfig:
     interval_s: float = _f(1.0, "seconds between status messages and status-line updates", min=0.05)
     log_interval_s: float = _f(10.0, "seconds between status log lines when not on a terminal", min=0.1)
     prometheus_port: int = _f(0, "serve Prometheus metrics on 127.0.0.1:PORT; 0 = off", min=0, max=65535)
+    stall_s: float = _f(5.0, "health: unhealthy after this many seconds without a frame from the source",
+                        min=0.1)
+    drop_window_s: float = _f(10.0, "health: unhealthy while scans were dropped within this many seconds",
+                              min=0.1)
+    ring_fill_max: float = _f(0.9, "health: unhealthy while the ring is fuller than this (0..1)", min=0.0, max=1.0)
 
 
 @dataclass

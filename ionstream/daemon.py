@@ -30,7 +30,7 @@ class Daemon:
 
     # ---- control handlers (run on the control thread: quick) ---------------------------
     def _on_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return self.pipeline.snapshot()  # flat, as docs/wire.md's control table says
+        return self.pipeline.status()  # the last tick's figures, flat, as docs/wire.md's control table says
 
     def _on_record(self, req: dict[str, Any]) -> dict[str, Any]:
         if req["action"] == "start":
@@ -41,7 +41,7 @@ class Daemon:
         return {"path": str(path)}
 
     def _on_reload(self, req: dict[str, Any]) -> dict[str, Any]:
-        return self.pipeline.reload_model(req.get("path"))
+        return self.pipeline.start_reload(req.get("path"))  # in the background: handlers must be quick
 
     def _on_shutdown(self, _req: dict[str, Any]) -> dict[str, Any]:
         self.stop_requested.set()
@@ -81,9 +81,13 @@ class Daemon:
         wanted = self.config.publish.wait_subscribers
         if wanted:
             log.info("waiting for %d subscriber(s) on %s before acquiring", wanted, self.pipeline.publisher.endpoint)
-        while wanted and not self.pipeline.publisher.wait_for_subscribers(wanted, timeout=0.2):
-            if self.stop_requested.is_set():
-                return False
+        self.pipeline.waiting_subscribers = bool(wanted)
+        try:
+            while wanted and not self.pipeline.publisher.wait_for_subscribers(wanted, timeout=0.2):
+                if self.stop_requested.is_set():
+                    return False
+        finally:
+            self.pipeline.waiting_subscribers = False
         return True
 
     def run(self) -> int:
@@ -101,7 +105,7 @@ class Daemon:
         if self.config.status.prometheus_port:
             from ionstream.metrics import serve
 
-            metrics_server, _ = serve(self.config.status.prometheus_port, pipeline.snapshot)
+            metrics_server, _ = serve(self.config.status.prometheus_port, pipeline.status)
         log.info("running: source %s, %d DSP worker(s), classifier %s, publishing on %s%s; Ctrl-C to stop",
                  self.config.source.url, pipeline.dsp.n, pipeline.snapshot()["backend"],
                  pipeline.publisher.endpoint,
@@ -116,7 +120,7 @@ class Daemon:
         drained = pipeline.stop(drain_timeout_s=5.0)
         if metrics_server is not None:
             metrics_server.shutdown()
-        final = pipeline.snapshot()
+        final = pipeline.tick()
         log.info("stopped: %d scans, %d drops, %d CRC errors, %d sequence gaps%s",
                  final["scans"], final["drops_total"], final["crc_errors"], final["sequence_gaps"],
                  "" if drained else " (drain timed out)")
@@ -126,21 +130,22 @@ class Daemon:
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         while not self.stop_requested.is_set():
             self.stop_requested.wait(self.config.status.interval_s)
-            snapshot = pipeline.snapshot()
+            fatal = pipeline.supervise()
+            snapshot = pipeline.tick()
             status.show(snapshot)
             pipeline.publisher.publish("status", {"stats": {k: v for k, v in snapshot.items()
                                                             if isinstance(v, (int, float, str, bool))}})
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 try:
-                    pipeline.reload_model()
+                    pipeline.start_reload()
                 except Exception as exc:
-                    log.error("model reload refused, the running model stays: %s", exc)
+                    log.error("model reload not started: %s", exc)
+            if fatal:
+                log.error("%s; stopping (exit %d)", fatal, EXIT_FAILED)
+                return EXIT_FAILED
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if pipeline.finished():
                 return EXIT_FAILED if pipeline.acquisition.stats.error else EXIT_OK
-            if not pipeline.publisher.alive:
-                log.error("the publisher thread died; stopping")
-                return EXIT_FAILED
         return EXIT_OK

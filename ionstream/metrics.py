@@ -1,7 +1,9 @@
 """Optional Prometheus endpoint: the same figures as the status line and the status topic.
 
-A custom collector reads ``snapshot()`` at scrape time, so the exported numbers are the
-pipeline's own counters, not a second set of books kept in parallel.
+A custom collector reads the daemon's last status tick at scrape time, so the exported numbers
+are the pipeline's own counters, not a second set of books kept in parallel, and a scrape never
+changes what anyone else sees. Counters are exported as counters: let PromQL's ``rate()``
+compute rates over the window you choose.
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import Any, Callable
 
 log = logging.getLogger("ionstream.metrics")
 
-# snapshot key -> (metric name, kind, help)
+# snapshot key -> (metric name, help)
 COUNTERS = {
     "scans": ("ionstream_scans_total", "scans published"),
+    "bytes": ("ionstream_source_bytes_total", "bytes read from the source"),
+    "dsp_restarts": ("ionstream_dsp_restarts_total", "DSP workers restarted after they died"),
     "frames": ("ionstream_frames_total", "device frames decoded"),
     "crc_errors": ("ionstream_crc_errors_total", "frames with a failed header or payload CRC"),
     "resyncs": ("ionstream_resyncs_total", "decoder resynchronisations after bad bytes"),
@@ -47,7 +51,9 @@ def serve(port: int, snapshot: Callable[[], dict[str, Any]]):
                 value = s.get(key)
                 if isinstance(value, (int, float)) and not math.isnan(value):
                     yield GaugeMetricFamily(name, doc, value=value)
-            drops = CounterMetricFamily("ionstream_drops", "scans dropped, per stage", labels=["stage"])
+            yield GaugeMetricFamily("ionstream_healthy", "1 when no health rule fires (docs/operations.md)",
+                                    value=1.0 if s.get("health", "ok") == "ok" else 0.0)
+            drops = CounterMetricFamily("ionstream_drops", "scans dropped, per place", labels=["stage"])
             for key, value in s.items():
                 if key.startswith("drops_") and key != "drops_total":
                     drops.add_metric([key.removeprefix("drops_")], value)

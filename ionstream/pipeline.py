@@ -23,7 +23,8 @@ from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config
 from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
-from ionstream.rates import LatencyWindow, RateMeter
+from ionstream.health import HealthLimits, HealthMonitor
+from ionstream.rates import LatencyWindow, RateWindow
 from ionstream.stages import DspWorkers, ScanResult, Sequencer
 
 log = logging.getLogger("ionstream.pipeline")
@@ -63,10 +64,22 @@ class Pipeline:
 
         self._results: queue.Queue[ScanResult] = queue.Queue(maxsize=4 * config.ring.slots)
         self.dsp = DspWorkers(self.ring, config.dsp_workers(), self._make_work, self._results)
-        self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring._head)
+        self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring.head,
+                                   max_pending=4 * config.ring.slots)
         self.traces = self._make_traces()
         self.latency = LatencyWindow()
-        self._rates = RateMeter()
+        self._rates = RateWindow()
+        self._last_rates: dict[str, float] = {"scans": float("nan"), "bytes": float("nan")}
+        self.health = HealthMonitor(HealthLimits(stall_s=config.status.stall_s,
+                                                 drop_window_s=config.status.drop_window_s,
+                                                 ring_fill_max=config.status.ring_fill_max))
+        self._health_reasons: dict[str, str] = {}
+        self._status: dict[str, Any] | None = None     # the last tick's snapshot
+        self._status_lock = threading.Lock()
+        self.record_error = ""
+        self.model_reload = "idle"
+        self._reload_thread: threading.Thread | None = None
+        self.waiting_subscribers = False
         self._scans_out = 0
         self._peaks_total = 0
         self._classified = 0
@@ -184,7 +197,6 @@ class Pipeline:
         """Start every stage; the acquisition too unless ``acquire`` is False (then call
         :meth:`start_acquisition`, e.g. once subscribers have connected)."""
         self.started_at = time.monotonic()
-        self._rates.update({"scans": 0, "bytes": 0})
         self.publisher.start()
         if self.batcher is not None:
             self.batcher.start()
@@ -220,13 +232,17 @@ class Pipeline:
             drained = self.batcher.stop(drain=True, timeout=remaining()) and drained
         self.record_stop()
         self.publisher.stop(timeout=remaining())
+        if self._reload_thread is not None:
+            self._reload_thread.join(remaining())
         self._stopped.set()
         return drained
 
     def reload_model(self, path: str | None = None) -> dict[str, Any]:
         """Load and check a bundle (default: the configured one), then swap it in between batches.
 
-        Scans keep flowing: the batcher queues them while the new backend starts. A bundle
+        Blocks until the new backend runs (minutes for an uncached TensorRT engine): call it
+        through :meth:`start_reload` from the control thread or the daemon loop. Scans keep
+        flowing meanwhile: the batcher queues them while the new backend starts. A bundle
         whose input spec differs from the running one is refused (the DSP workers compute
         features for the running spec).
         """
@@ -240,8 +256,34 @@ class Pipeline:
         log.info("model reloaded: %s %s", bundle.name, bundle.version)
         return {"model": bundle.name, "version": bundle.version}
 
+    def start_reload(self, path: str | None = None) -> dict[str, Any]:
+        """Reload the model in the background; ``model_reload`` in status tells how it went.
+
+        Returns at once with ``{"state": "reloading"}``; a second request while one runs is
+        refused (RuntimeError).
+        """
+        if self.batcher is None:
+            raise RuntimeError("no classifier is configured (inference.backend = none)")
+        with self._record_lock:
+            if self._reload_thread is not None and self._reload_thread.is_alive():
+                raise RuntimeError("a model reload is already running; see model_reload in status")
+            self.model_reload = "reloading"
+            self._reload_thread = threading.Thread(target=self._reload, args=(path,), name="model-reload",
+                                                   daemon=True)
+            self._reload_thread.start()
+        return {"state": "reloading"}
+
+    def _reload(self, path: str | None) -> None:
+        try:
+            done = self.reload_model(path)
+            self.model_reload = f"ok: {done['model']} {done['version']}"
+        except Exception as exc:
+            self.model_reload = f"failed: {exc}"
+            log.error("model reload refused, the running model stays: %s", exc)
+
     # ---- recording ---------------------------------------------------------------------
     def record_start(self, path: str | Path) -> Path:
+        """Start recording to ``path`` (relative paths resolve under capture.dir)."""
         from instrument.recorder import Recorder
 
         path = Path(path)
@@ -255,6 +297,7 @@ class Pipeline:
             self.recorder = Recorder(self.ring, path, description,
                                      fsync_interval_s=self.config.capture.fsync_interval_s,
                                      compress=self.config.capture.compress).start()
+            self.record_error = ""
         return path
 
     def record_stop(self) -> Path | None:
@@ -265,29 +308,106 @@ class Pipeline:
         recorder.stop()
         return recorder.path
 
+    # ---- supervision (daemon loop, once a tick) ---------------------------------------
+    def supervise(self) -> str | None:
+        """Check every stage: restart dead DSP workers, end a failed recording.
+
+        Returns why the daemon must stop (a stage that cannot be restarted safely died), or None.
+        """
+        self.dsp.restart_failed()
+        recorder = self.recorder
+        if recorder is not None and recorder.error:
+            self.record_error = f"recording to {recorder.path} stopped: {recorder.error}"
+            log.error("%s; acquisition and publishing go on", self.record_error)
+            self.record_stop()
+        for name, state in self.stage_states().items():
+            if state.startswith("failed") and not name.startswith("dsp"):
+                return f"the {name} stage {state}"
+        if self.publisher.started and not self.publisher.alive and not self._stopped.is_set():
+            return "the publisher thread died"
+        return None
+
+    def stage_states(self) -> dict[str, str]:
+        """Every stage thread's state: running, stopped, not started or ``failed: why``."""
+        states = {"acquisition": _thread_state(self.acquisition.alive, self.acquisition.stats.error,
+                                               self.acquisition.started)}
+        states.update(self.dsp.states())
+        states["sequencer"] = self.sequencer.state
+        if self.batcher is not None:
+            err = self.batcher.error
+            states["classifier"] = _thread_state(self.batcher.alive, err and f"{type(err).__name__}: {err}",
+                                                 self.batcher.started)
+        states["publisher"] = _thread_state(self.publisher.alive, None, self.publisher.started)
+        recorder = self.recorder
+        if recorder is not None:
+            states["recorder"] = "running" if recorder.alive else "stopped"
+        return states
+
     # ---- status ------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> dict[str, Any]:
+        """Compute the status once (rates over a fixed window, health): the daemon loop's job.
+
+        Everyone else (control ``status``, Prometheus, the status topic) reads the result
+        through :meth:`status`, so asking never changes a figure.
+        """
+        now = time.monotonic() if now is None else now
+        self._last_rates = self._rates.sample({"scans": self._scans_out,
+                                               "bytes": self.acquisition.stats.bytes_read}, now)
+        snapshot = self.snapshot()
+        self._health_reasons = self.health.check(snapshot, now)
+        snapshot.update(self._health_fields())
+        with self._status_lock:
+            self._status = snapshot
+        return snapshot
+
+    def status(self) -> dict[str, Any]:
+        """The last tick's snapshot (a copy); a live one before the first tick."""
+        with self._status_lock:
+            if self._status is not None:
+                return dict(self._status)
+        return self.snapshot()
+
+    def _health_fields(self) -> dict[str, Any]:
+        reasons = self._health_reasons
+        return {"health": "ok" if not reasons else "unhealthy",
+                "health_reasons": "; ".join(reasons.values()),
+                "state": self._state(reasons)}
+
+    def _state(self, reasons: dict[str, str]) -> str:
+        if self._stopped.is_set():
+            return "stopped"
+        if "stage" in reasons:
+            return "degraded"
+        if self.waiting_subscribers:
+            return "waiting"
+        return "running"
+
     def snapshot(self) -> dict[str, Any]:
-        """Every live figure, flat where it is a number, for the status line, topic and metrics."""
+        """Every live figure, flat where it is a number, for the status line, topic and metrics.
+
+        Reads counters only (rates come from the last :meth:`tick`), so it may be called from
+        any thread without disturbing anything.
+        """
         acq, dec, ring = self.acquisition.stats, self.acquisition.decoder.stats, self.ring.stats
-        rates = self._rates.update({"scans": self._scans_out, "bytes": acq.bytes_read})
+        rates = self._last_rates
         lat = self.latency.percentiles((50, 99))
         recorder = self.recorder
         pub = self.publisher.stats()
         batch = self.batcher.stats() if self.batcher else {}
-        drops = {
-            "drops_ring_dsp": self.dsp.dropped,
+        drops = {  # every figure here counts scans (frames); message drops are pub_drops_*
+            "drops_ring_dsp": self.sequencer.skipped,
             "drops_ring_busy": ring.dropped_busy,
             "drops_ring_oversize": ring.dropped_oversize,
             "drops_recorder": recorder.dropped if recorder else 0,
             "drops_batcher": batch.get("dropped", 0),
-            "drops_publisher": pub["pub_drops_queue"],
         }
         snapshot = {
-            "state": "running" if not self._stopped.is_set() else "stopped",
+            "state": "stopped" if self._stopped.is_set() else ("waiting" if self.waiting_subscribers else "running"),
             "source": self.source.url.text,
             "uptime_s": time.monotonic() - self.started_at,
             "scans": self._scans_out,
             "scans_per_s": rates["scans"],
+            "bytes": acq.bytes_read,
             "MBps": rates["bytes"] / 1e6,
             "frames": dec.frames,
             "peaks_per_scan": self._peaks_total / self._scans_out if self._scans_out else float("nan"),
@@ -298,24 +418,40 @@ class Pipeline:
             "disconnects": acq.disconnects,
             "reconnects": acq.reconnects,
             "reconnecting": not acq.connected and not acq.ended and self.acquisition.alive and acq.frames > 0,
+            "source_ended": bool(acq.ended),
+            "waiting_subscribers": self.waiting_subscribers,
             "ring_fill": self.ring.fill,
             "ring_policy": self.ring.policy.value,
             "dsp_workers": self.dsp.n,
             "dsp_errors": self.dsp.errors,
+            "dsp_restarts": self.dsp.restarts,
             "reorder_depth": self.sequencer.reorder_depth,
+            "reorder_stalls": self.sequencer.stalled,
             **drops,
             "drops_total": sum(drops.values()),
             "latency_p50_ms": lat[50],
             "latency_p99_ms": lat[99],
             "recording": str(recorder.path) if recorder else "",
             "recorded_frames": recorder.frames if recorder else 0,
+            "record_error": self.record_error,
             "classified": self._classified,
             "backend": self._backend_name() if self.batcher else "none",
+            "model": f"{self.bundle.name} {self.bundle.version}" if self.bundle else "",
+            "model_reload": self.model_reload,
             "batch_mean": batch.get("mean_batch", float("nan")),
             "batch_queue_delay_p99_ms": batch.get("queue_delay_ms_p99", float("nan")),
             "instrument": self.instrument_status,
         }
+        snapshot.update({f"stage_{name}": state for name, state in self.stage_states().items()})
         if self.last_class:
             snapshot["last_class"], snapshot["last_confidence"] = self.last_class
         snapshot.update({k: v for k, v in pub.items() if isinstance(v, (int, float))})
         return snapshot
+
+
+def _thread_state(alive: bool, error: str | None, started: bool) -> str:
+    if alive:
+        return "running"
+    if error:
+        return f"failed: {error}"
+    return "stopped" if started else "not started"

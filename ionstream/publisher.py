@@ -192,6 +192,11 @@ class Publisher:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def started(self) -> bool:
+        """True once start() was called (the thread may have ended since)."""
+        return self._thread is not None
+
     def __enter__(self) -> "Publisher":
         if self._thread is None:
             self.start()

@@ -3,23 +3,34 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
 
-class RateMeter:
-    """Per-second rates of cumulative counters, from the last two snapshots."""
+class RateWindow:
+    """Per-second rates of cumulative counters over a fixed trailing window.
 
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._last_t = time.monotonic()
+    One owner (the daemon's status tick) calls :meth:`sample`; readers get the rates that tick
+    computed, so who asks and how often never changes the figure (a monitor polling every 5 s
+    and the status line see the same scans/s).
+    """
 
-    def update(self, counters: dict[str, float]) -> dict[str, float]:
-        now = time.monotonic()
-        dt = max(now - self._last_t, 1e-9)
-        rates = {k: (v - self._last.get(k, v)) / dt for k, v in counters.items()}
-        self._last, self._last_t = dict(counters), now
-        return rates
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, dict[str, float]]] = deque()
+
+    def sample(self, counters: dict[str, float], now: float | None = None) -> dict[str, float]:
+        """Add the counters read at ``now`` (monotonic seconds); return rates over the window."""
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, dict(counters)))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        t0, first = self._samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return {k: 0.0 for k in counters}
+        return {k: (v - first.get(k, v)) / dt for k, v in counters.items()}
 
 
 class LatencyWindow:

@@ -27,7 +27,7 @@ import numpy as np
 from instrument.frames import FrameType
 from instrument.ring import RingBuffer, Slot
 
-log = logging.getLogger("ionstream.pipeline")
+log = logging.getLogger("ionstream.stages")
 
 
 @dataclass(slots=True)
@@ -51,17 +51,22 @@ class DspWorkers:
     def __init__(self, ring: RingBuffer, n_workers: int, make_processor: Callable[[], Callable[[Slot], Any]],
                  out: "queue.Queue[ScanResult]"):
         self.n = n_workers
+        self._ring = ring
         self._out = out
+        self._make_processor = make_processor
         self._stop = threading.Event()
-        self.watermarks = [0] * n_workers
         self.processed = [0] * n_workers
         self.errors = 0
         self.busy_ns = [0] * n_workers
+        self.restarts = 0
+        self.failures: list[str | None] = [None] * n_workers   # why worker w last died
         self._readers = [ring.add_reader(f"dsp{w}") for w in range(n_workers)]
-        start = self._readers[0]._cursor
-        self.watermarks = [start] * n_workers
-        self._threads = [threading.Thread(target=self._run, args=(w, make_processor()),
-                                          name=f"dsp{w}", daemon=True) for w in range(n_workers)]
+        self.watermarks = [self._readers[0].cursor] * n_workers
+        self._threads = [self._thread(w) for w in range(n_workers)]
+        self._started = False
+
+    def _thread(self, w: int) -> threading.Thread:
+        return threading.Thread(target=self._run, args=(w, self._make_processor()), name=f"dsp{w}", daemon=True)
 
     @property
     def dropped(self) -> int:
@@ -72,7 +77,20 @@ class DspWorkers:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def states(self) -> dict[str, str]:
+        """``{"dsp0": "running" | "stopped" | "failed: why", ...}`` for status."""
+        out = {}
+        for w, t in enumerate(self._threads):
+            if t.is_alive():
+                out[f"dsp{w}"] = "running"
+            elif self.failures[w] is not None:
+                out[f"dsp{w}"] = f"failed: {self.failures[w]}"
+            else:
+                out[f"dsp{w}"] = "stopped" if self._started else "not started"
+        return out
+
     def start(self) -> None:
+        self._started = True
         for t in self._threads:
             t.start()
 
@@ -83,11 +101,36 @@ class DspWorkers:
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t.ident is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
         return not self.alive
+
+    def restart_failed(self) -> list[int]:
+        """Restart every worker that died of an error (the supervisor calls this once a tick).
+
+        The dead worker's ring reader was closed when it died, so the frames it held are
+        skipped by the sequencer and counted as dropped; the new worker reads from the ring's
+        current head with a fresh processor. Returns the restarted worker numbers.
+        """
+        if self._stop.is_set() or self._ring.closed or not self._started:
+            return []
+        restarted = []
+        for w, t in enumerate(self._threads):
+            if t.is_alive() or self.failures[w] is None:
+                continue
+            reader = self._ring.add_reader(f"dsp{w}")
+            self._readers[w] = reader
+            self.watermarks[w] = max(self.watermarks[w], reader.cursor)
+            self._threads[w] = self._thread(w)
+            self._threads[w].start()
+            self.restarts += 1
+            restarted.append(w)
+            log.warning("DSP worker %d restarted after: %s (restart %d)", w, self.failures[w], self.restarts)
+        return restarted
 
     def _run(self, w: int, process: Callable[[Slot], Any]) -> None:
         reader, n, out = self._readers[w], self.n, self._out
+        self.failures[w] = None
         try:
             while not self._stop.is_set():
                 slot = reader.get(timeout=0.1)
@@ -103,12 +146,20 @@ class DspWorkers:
                     result = self._process_one(k, slot, process, w)
                 finally:
                     reader.release()
-                out.put(result)
+                while not self._stop.is_set():  # never block for ever on a stalled sequencer
+                    try:
+                        out.put(result, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
                 self.watermarks[w] = k + 1
+        except BaseException as exc:  # a bug, not a bad scan (those are caught per scan): report it once
+            self.failures[w] = f"{type(exc).__name__}: {exc}"
+            log.exception("DSP worker %d died; the supervisor restarts it", w)
         finally:
-            # Nothing more will come from this worker: once the ring is closed its head is
-            # final, and every index below it that this worker did not produce was dropped.
-            self.watermarks[w] = max(self.watermarks[w], reader.ring._head)
+            # Nothing more will come from this reader: every index below the ring's head that
+            # this worker did not produce is dropped (a restarted worker starts at the head).
+            self.watermarks[w] = max(self.watermarks[w], reader.ring.head)
             reader.close()
 
     def _process_one(self, k: int, slot: Slot, process: Callable[[Slot], Any], w: int) -> ScanResult:
@@ -135,23 +186,39 @@ class DspWorkers:
 
 
 class Sequencer:
-    """Restores ring order across DSP workers and hands each result to ``emit`` in order."""
+    """Restores ring order across DSP workers and hands each result to ``emit`` in order.
+
+    At most ``max_pending`` results wait for a missing index: beyond that the missing index
+    is given up (counted in ``skipped`` and ``stalled``), so a stuck worker costs scans,
+    never unbounded memory.
+    """
 
     def __init__(self, workers: DspWorkers, results: "queue.Queue[ScanResult]",
-                 emit: Callable[[ScanResult], None], start_index: int):
+                 emit: Callable[[ScanResult], None], start_index: int, *, max_pending: int = 4096):
         self._workers = workers
         self._results = results
         self._emit = emit
         self._pending: dict[int, ScanResult] = {}
+        self.max_pending = max_pending
         self.next_index = start_index
         self.emitted = 0
         self.skipped = 0
+        self.stalled = 0
         self.errors = 0
+        self.error: str | None = None   # set if the thread died of a bug
         self._thread = threading.Thread(target=self._run, name="sequencer", daemon=True)
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def state(self) -> str:
+        if self._thread.is_alive():
+            return "running"
+        if self.error:
+            return f"failed: {self.error}"
+        return "stopped" if self._thread.ident is not None else "not started"
 
     @property
     def reorder_depth(self) -> int:
@@ -161,7 +228,8 @@ class Sequencer:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _drain(self, block: bool) -> None:
@@ -175,6 +243,13 @@ class Sequencer:
             pass
 
     def _run(self) -> None:
+        try:
+            self._order()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("the sequencer died")
+
+    def _order(self) -> None:
         workers, n = self._workers, self._workers.n
         while True:
             k = self.next_index
@@ -190,15 +265,19 @@ class Sequencer:
                     self.errors += 1
                     log.exception("publishing scan %d failed; counted, continuing", result.scan_number)
                 continue
-            if watermark > k:
+            finished = not workers.alive and self._results.empty()
+            if finished and not self._pending:
+                # Every worker finished and everything was emitted; indices the workers moved
+                # past without a result (the last ones of a dead worker) were dropped.
+                self.skipped += max(0, max(workers.watermarks) - k)
+                return
+            if watermark > k or len(self._pending) > self.max_pending or finished:
+                if watermark <= k:
+                    self.stalled += 1
+                    if self.stalled == 1 or self.stalled % 1000 == 0:
+                        log.warning("DSP worker %d holds ring index %d while %d later results wait; "
+                                    "giving it up (%d so far)", k % n, k, len(self._pending), self.stalled)
                 self.next_index = k + 1
                 self.skipped += 1
                 continue
-            if not workers.alive and self._results.empty() and not self._pending:
-                return  # every worker finished and everything was emitted
             self._drain(block=True)
-
-
-def tic_only(slot: Slot) -> dict[str, Any]:
-    """Minimal processing: the total ion current (sum of samples)."""
-    return {"tic": float(np.sum(slot.samples(), dtype=np.float64))}

@@ -8,16 +8,19 @@ from typing import Any
 
 HELP = "show a running daemon's health (over its control socket)"
 DESCRIPTION = (
-    "Query the daemon's control socket and print its status: state, rates, drops at every "
-    "stage, link errors, ring fill, latency, publisher and recording. Exit status 0 when the "
-    "daemon answered and is running, 1 when it did not answer or reports a problem, 2 on bad "
-    "arguments."
+    "Query the daemon's control socket and print its status: state, health, rates, drops at "
+    "every stage, link errors, ring fill, latency, stages, publisher and recording. Exit status: "
+    "0 the daemon answered and is healthy; 1 it did not answer, refused, or is not running; "
+    "2 bad arguments; 3 it answered but is unhealthy (no data, drops rising, ring nearly full, a "
+    "stage failed, a recording stopped on an error: the reasons are printed; docs/operations.md)."
 )
 log = logging.getLogger("ionstream.status")
 
 # (key, label, format); keys the daemon does not report are left out, others follow in a second block
 LAYOUT: list[tuple[str, str, str]] = [
     ("state", "state", "{}"),
+    ("health", "health", "{}"),
+    ("health_reasons", "problems", "{}"),
     ("source", "source", "{}"),
     ("uptime_s", "uptime", "{:.0f} s"),
     ("scans", "scans", "{}"),
@@ -32,6 +35,9 @@ LAYOUT: list[tuple[str, str, str]] = [
     ("latency_p99_ms", "latency p99", "{:.2f} ms"),
     ("backend", "classifier", "{}"),
     ("recording", "recording", "{}"),
+    ("record_error", "recording error", "{}"),
+    ("model", "model", "{}"),
+    ("model_reload", "model reload", "{}"),
     ("pub_endpoint", "publishing on", "{}"),
     ("pub_sent", "messages sent", "{}"),
     ("pub_drops_queue", "publisher queue drops", "{}"),
@@ -101,4 +107,17 @@ def main(args: argparse.Namespace) -> int:
         return 1
     if not args.json:
         print("\n".join(format_status(reply)))
-    return 0 if reply.get("state", "running") == "running" else 1
+    return exit_code(reply)
+
+
+EXIT_HEALTHY, EXIT_NO_DAEMON, EXIT_UNHEALTHY = 0, 1, 3
+
+
+def exit_code(reply: dict[str, Any]) -> int:
+    """0 healthy, 1 not running, 3 running but unhealthy (see DESCRIPTION)."""
+    if reply.get("state", "running") not in ("running", "waiting", "degraded"):
+        return EXIT_NO_DAEMON
+    if reply.get("health", "ok") != "ok" or reply.get("state") == "degraded":
+        log.warning("unhealthy: %s", reply.get("health_reasons") or reply.get("state"))
+        return EXIT_UNHEALTHY
+    return EXIT_HEALTHY

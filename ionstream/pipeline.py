@@ -74,8 +74,6 @@ class Pipeline:
                                                  drop_window_s=config.status.drop_window_s,
                                                  ring_fill_max=config.status.ring_fill_max))
         self._health_reasons: dict[str, str] = {}
-        self._status: dict[str, Any] | None = None     # the last tick's snapshot
-        self._status_lock = threading.Lock()
         self.record_error = ""
         self.model_reload = "idle"
         self._reload_thread: threading.Thread | None = None
@@ -197,6 +195,7 @@ class Pipeline:
         """Start every stage; the acquisition too unless ``acquire`` is False (then call
         :meth:`start_acquisition`, e.g. once subscribers have connected)."""
         self.started_at = time.monotonic()
+        self._rates.sample({"scans": 0, "bytes": 0}, self.started_at)
         self.publisher.start()
         if self.batcher is not None:
             self.batcher.start()
@@ -345,10 +344,11 @@ class Pipeline:
 
     # ---- status ------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict[str, Any]:
-        """Compute the status once (rates over a fixed window, health): the daemon loop's job.
+        """Compute rates (over a fixed window) and health once: the daemon loop's job, once a tick.
 
-        Everyone else (control ``status``, Prometheus, the status topic) reads the result
-        through :meth:`status`, so asking never changes a figure.
+        Everyone else (control ``status``, Prometheus, the status topic) reads through
+        :meth:`status`: live counters with the last tick's rates and health, so asking never
+        changes a figure.
         """
         now = time.monotonic() if now is None else now
         self._last_rates = self._rates.sample({"scans": self._scans_out,
@@ -356,16 +356,13 @@ class Pipeline:
         snapshot = self.snapshot()
         self._health_reasons = self.health.check(snapshot, now)
         snapshot.update(self._health_fields())
-        with self._status_lock:
-            self._status = snapshot
         return snapshot
 
     def status(self) -> dict[str, Any]:
-        """The last tick's snapshot (a copy); a live one before the first tick."""
-        with self._status_lock:
-            if self._status is not None:
-                return dict(self._status)
-        return self.snapshot()
+        """Live counters, the last tick's rates and health (safe from any thread, changes nothing)."""
+        snapshot = self.snapshot()
+        snapshot.update(self._health_fields())
+        return snapshot
 
     def _health_fields(self) -> dict[str, Any]:
         reasons = self._health_reasons

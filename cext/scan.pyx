@@ -210,6 +210,63 @@ cdef inline int _fit_gaussian(const double* lu, const double* lv, Py_ssize_t lo,
     return 1
 
 
+cdef inline Py_ssize_t _valley(const float* y, Py_ssize_t p, int step, Py_ssize_t lim) noexcept nogil:
+    """The valley next to the apex ``p`` of the S/N trace ``y``, walking by ``step`` (-1 or +1) no
+    further than ``lim``: the lowest sample before the trace rises again by more than a tolerance
+    (2 S/N units or 5 % of the apex, so that noise on a flank does not end the walk)."""
+    cdef Py_ssize_t j = p, best = p
+    cdef double lo = y[p], tol = 0.05 * y[p]
+    if tol < 2.0:
+        tol = 2.0
+    while j != lim:
+        j += step
+        if y[j] < lo:
+            lo = y[j]
+            best = j
+        elif y[j] > lo + tol:
+            break
+    return best
+
+
+cdef inline double _half_height_width(const float* y, Py_ssize_t p, Py_ssize_t vl, Py_ssize_t vr,
+                                      double fallback) noexcept nogil:
+    """FWHM (samples) of the peak at ``p`` on the trace: the half-height crossings inside the valleys
+    ``vl``..``vr`` (linear interpolation); twice the half width of the side that crosses when the
+    other meets its valley first; ``fallback`` when neither crosses."""
+    cdef double half = 0.5 * y[p], xl = -1.0, xr = -1.0
+    cdef Py_ssize_t j = p
+    while j > vl and y[j - 1] > half:
+        j -= 1
+    if j > vl:      # y[j - 1] <= half < y[j]
+        xl = <double>(p - j) + (y[j] - half) / (y[j] - y[j - 1])
+    j = p
+    while j < vr and y[j + 1] > half:
+        j += 1
+    if j < vr:      # y[j + 1] <= half < y[j]
+        xr = <double>(j - p) + (y[j] - half) / (y[j] - y[j + 1])
+    if xl > 0 and xr > 0:
+        return xl + xr
+    if xl > 0:
+        return 2.0 * xl
+    if xr > 0:
+        return 2.0 * xr
+    return fallback
+
+
+cdef inline void _sort_by_mz(Centroid* a, Py_ssize_t n) noexcept nogil:
+    """Stable insertion sort of ``a[0:n]`` by m/z."""
+    cdef Py_ssize_t i, j
+    cdef Centroid t
+    for i in range(1, n):
+        if a[i].mz < a[i - 1].mz:
+            t = a[i]
+            j = i
+            while j > 0 and a[j - 1].mz > t.mz:
+                a[j] = a[j - 1]
+                j -= 1
+            a[j] = t
+
+
 cdef class ScanKernel:
     """Configured once (``configure``), then ``run`` per scan. Not thread-safe: one per worker."""
 
@@ -554,6 +611,9 @@ cdef class ScanKernel:
                 outp[written] = c
                 written += 1
             found += 1
+        # fitted centres of close peaks can cross (a centre may move past its neighbour's): the
+        # output promises ascending m/z, and is nearly sorted, so an insertion sort is O(n) here
+        _sort_by_mz(outp, written)
         self.n_candidates = cands
         self.n_detected = detected
         self.n_found = found
@@ -578,27 +638,32 @@ cdef class ScanKernel:
     cdef void _centroid(self, Py_ssize_t n, const PeakRec* r, const double* ap, double t0, double dt,
                         double c0, double c1, double c2, Centroid* out) noexcept nogil:
         cdef const float* y = self.y
-        cdef Py_ssize_t p = r.index, k, wl, wr, la, ra, L, R, j, m, kp, mh = self.max_half
+        cdef Py_ssize_t p = r.index, k, wl, wr, la, ra, L, R, j, m, kp, vl, vr, mh = self.max_half
         cdef double* lv = self.lv
         cdef double* lu = self.lu
         cdef double af = self.area_floor, step, hw, area, sb2, sv, su, vmax, half, xl, xr, v
         cdef double fit[3]
         cdef unsigned int flags = 0
         cdef int ok
-        # fit window: +-k samples, k ~ 0.75 FWHM (from the trace's width at half prominence),
-        # one more sample each side for the nonlinear fit, inside the prominence bases
-        hw = r.right_ip - r.left_ip      # FWHM on the trace (width at half prominence), samples
+        # fit window: +-k samples, k ~ 0.75 FWHM, one more sample each side for the nonlinear fit,
+        # inside the prominence bases and the valleys next to the apex. The FWHM is measured at half
+        # the apex height, not from find_peaks' width at half prominence: for the higher peak of a
+        # doublet whose valley lies above half its height, that width spans both peaks, and a fit
+        # over both placed the centre between them (docs/dsp.md, "Recall on independent data").
+        vl = _valley(y, p, -1, r.left_base if p - r.left_base < 4 * mh else p - 4 * mh)
+        vr = _valley(y, p, 1, r.right_base if r.right_base - p < 4 * mh else p + 4 * mh)
+        hw = _half_height_width(y, p, vl, vr, r.right_ip - r.left_ip)
         k = <Py_ssize_t>(self.fit_window * hw + 0.5)
         if k < 2:
             k = 2
         if k > mh:
             k = mh
         wl = p - k - 1
-        if wl < r.left_base:
-            wl = r.left_base
+        if wl < vl:
+            wl = vl
         wr = p + k + 1
-        if wr > r.right_base:
-            wr = r.right_base
+        if wr > vr:
+            wr = vr
         if wl > p - 1 and p > 0:
             wl = p - 1
         if wr < p + 1 and p < n - 1:

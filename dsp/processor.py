@@ -26,9 +26,21 @@ from dsp.smoothing import gaussian_weights, savgol_weights
 from instrument.frames import Calibration
 
 __all__ = ["ScanParams", "ScanProcessor", "ScanResult", "pick_centroids", "CENTROID_DTYPE", "FLAG_FIT",
-           "FLAG_EDGE"]
+           "FLAG_EDGE", "PRESETS"]
 
 SMOOTHING = ("savgol", "gaussian", "none")
+
+PRESETS: dict[str, dict] = {
+    # TOF: noisy, ~5 samples per FWHM or more; the defaults (Savitzky-Golay 7/3, detection at 5 sigma
+    # of the smoothed trace, one-sample spikes rejected by min_width)
+    "tof": {},
+    # Orbitrap and FT-ICR profiles are apodised transforms, already smooth, often 3-4 samples per
+    # FWHM and noise-suppressed: no smoothing (it would merge close peaks and ring across zero gaps),
+    # every local maximum of the trace at or above min_snr (OpenMS PeakPickerHiRes does the same).
+    "orbitrap": {"smoothing": "none", "detect_sigma": 0.0, "min_width": 0.0},
+    "fticr": {"smoothing": "none", "detect_sigma": 0.0, "min_width": 0.0},
+}
+"""Parameter sets per instrument kind (docs/dsp.md, "Presets"); given fields override them."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,12 @@ class ScanParams:
                  max_halfwidth=max(4, int(math.ceil(3 * f))))
         p.update(overrides)
         return cls(**p)
+
+    @classmethod
+    def for_preset(cls, preset: str | None, **overrides) -> "ScanParams":
+        """Parameters of the instrument kind ``preset`` (a key of :data:`PRESETS`, or None/'' for
+        the defaults); ``overrides`` win."""
+        return cls(**{**preset_params(preset), **overrides})
 
     def replace(self, **changes) -> "ScanParams":
         return dataclasses.replace(self, **changes)
@@ -360,6 +378,16 @@ class ScanProcessor:
         self._xic_hi[:] = ranges[1]
 
 
+def preset_params(preset: str | None) -> dict:
+    """The ScanParams fields of an instrument-kind preset (empty for None or '')."""
+    if not preset:
+        return {}
+    try:
+        return dict(PRESETS[preset])
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}") from None
+
+
 def _noise_suppressed_floor(intensity: np.ndarray) -> float:
     """For data whose noise was removed (mostly exact zeros, e.g. reduced Orbitrap profiles): a noise
     sigma such that the weakest retained points are at S/N 1 (the 5th percentile of the positive
@@ -371,7 +399,7 @@ def _noise_suppressed_floor(intensity: np.ndarray) -> float:
     return float(np.percentile(pos, 5)) if pos.size else 0.0
 
 
-def pick_centroids(mz, intensity, **params) -> np.ndarray:
+def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.ndarray:
     """Centroids of one profile spectrum: a structured array sorted by m/z.
 
     Parameters
@@ -380,6 +408,8 @@ def pick_centroids(mz, intensity, **params) -> np.ndarray:
         m/z of each sample, float64, strictly increasing (any spacing).
     intensity : array_like, 1-D
         Intensities (counts), float32 or float64 (other types are converted).
+    preset : 'tof' | 'orbitrap' | 'fticr', optional
+        Defaults for that instrument kind (:data:`PRESETS`); ``params`` override them.
     **params
         Fields of :class:`ScanParams` (``min_snr``, ``smoothing``, ``wlen``, ...), plus
         ``fwhm_samples`` (typical peak width in samples, or ``"auto"``, the default).
@@ -415,6 +445,7 @@ def pick_centroids(mz, intensity, **params) -> np.ndarray:
         return np.zeros(0, CENTROID_DTYPE)
     if not np.all(np.diff(m) > 0):
         raise ValueError("mz must be strictly increasing")
+    params = {**preset_params(preset), **params}
     fwhm = params.pop("fwhm_samples", "auto")
     if "noise_floor" not in params:
         floor = _noise_suppressed_floor(y)

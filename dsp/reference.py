@@ -155,10 +155,12 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
     out = []
     mh = p.max_halfwidth
     for j, pk in enumerate(peaks):
-        hw = props["right_ips"][j] - props["left_ips"][j]
+        vl = _valley(trace, pk, -1, max(int(props["left_bases"][j]), pk - 4 * mh))
+        vr = _valley(trace, pk, 1, min(int(props["right_bases"][j]), pk + 4 * mh))
+        hw = _half_height_width(trace, pk, vl, vr, props["right_ips"][j] - props["left_ips"][j])
         k = int(min(max(int(p.fit_window * hw + 0.5), 2), mh))
-        wl = max(pk - k - 1, props["left_bases"][j])
-        wr = min(pk + k + 1, props["right_bases"][j])
+        wl = max(pk - k - 1, vl)
+        wr = min(pk + k + 1, vr)
         if wl > pk - 1 and pk > 0:
             wl = pk - 1
         if wr < pk + 1 and pk < n - 1:
@@ -191,4 +193,42 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
     res = np.zeros(len(out), CENTROID_DTYPE)
     for i, row in enumerate(out):
         res[i] = row
-    return res
+    return res[np.argsort(res["mz"], kind="stable")]
+
+
+def _valley(y: np.ndarray, p: int, step: int, lim: int) -> int:
+    """The lowest sample walking from the apex ``p`` by ``step`` before the trace rises again by more
+    than max(2, 5 % of the apex) S/N units, no further than ``lim`` (as cext/scan.pyx)."""
+    tol = max(2.0, 0.05 * float(y[p]))
+    j = best = p
+    lo = float(y[p])
+    while j != lim:
+        j += step
+        if y[j] < lo:
+            lo, best = float(y[j]), j
+        elif y[j] > lo + tol:
+            break
+    return best
+
+
+def _half_height_width(y: np.ndarray, p: int, vl: int, vr: int, fallback: float) -> float:
+    """FWHM (samples) at half the apex height inside the valleys (as cext/scan.pyx)."""
+    half = 0.5 * float(y[p])
+    xl = xr = -1.0
+    j = p
+    while j > vl and y[j - 1] > half:
+        j -= 1
+    if j > vl:
+        xl = (p - j) + (y[j] - half) / (y[j] - y[j - 1])
+    j = p
+    while j < vr and y[j + 1] > half:
+        j += 1
+    if j < vr:
+        xr = (j - p) + (y[j] - half) / (y[j] - y[j + 1])
+    if xl > 0 and xr > 0:
+        return xl + xr
+    if xl > 0:
+        return 2.0 * xl
+    if xr > 0:
+        return 2.0 * xr
+    return fallback

@@ -66,6 +66,9 @@ class DspConfig:
     smoothing: str = _f("savgol", "smoothing along m/z: savgol, gaussian or none",
                         choices=("savgol", "gaussian", "none"))
     min_snr: float = _f(3.0, "peaks below this signal-to-noise are not reported", min=0.0)
+    preset: str = _f("", "peak-picking defaults for an instrument kind: tof, orbitrap or fticr "
+                     "(docs/dsp.md); empty = tof; smoothing, if set to other than savgol, wins",
+                     choices=("", "tof", "orbitrap", "fticr"))
     xic: list = _f([], "extracted-ion traces as [[mz_low, mz_high], ...] (m/z)")
 
 

@@ -132,6 +132,7 @@ class Spectrum:
     host_time_ns: int | None = None
     sequence: int | None = None
     header: FrameHeader | None = None   # the frame's header when read from a capture
+    type_source: str = "declared"       # where ``centroided`` came from: declared, estimated or given
 
     @property
     def rt_min(self) -> float:
@@ -146,6 +147,29 @@ class Spectrum:
         return FrameHeader(FrameType.SCAN, self.sequence or self.index, self.scan, self.device_time_ns,
                            self.ms_level, self.polarity, stype, AxisKind.EXPLICIT, n,
                            expected_payload_size(stype, AxisKind.EXPLICIT, n), Calibration())
+
+SPECTRUM_TYPES = ("auto", "profile", "centroid")
+
+
+def estimate_centroided(mz: np.ndarray) -> bool:
+    """Whether a spectrum whose file does not say is centroided, from its point spacing.
+
+    Profile data sample a smooth m/z grid: consecutive spacings are nearly equal (within 5 %) for
+    most pairs, broken only where a zero run was dropped (87-100 % of pairs in the Orbitrap, FT-ICR
+    and TOF profiles of tests/data). Centroids sit where the peaks are, so consecutive spacings vary
+    (5-11 % of pairs in the centroided scans of tests/data; at most 72 % in short spectra of
+    isotope series). Profile when that share is >= 0.75, and >= 0.9 for spectra of fewer than 64
+    points; fewer than 8 points count as centroided. (OpenMS's PeakTypeEstimator also decides
+    from the spacing of the points.)
+    """
+    mz = np.asarray(mz, dtype=np.float64)
+    if mz.size < 8:
+        return True
+    d = np.diff(mz)
+    a, b = d[1:], d[:-1]
+    share = float(np.mean(np.abs(a - b) <= 0.05 * np.maximum(np.abs(a), np.abs(b))))
+    return share < (0.75 if mz.size >= 64 else 0.9)
+
 
 
 def is_capture(path: str | os.PathLike) -> bool:
@@ -298,23 +322,33 @@ def _user_param(scan: dict, name: str):
 
 
 def read_mzml_spectra(path: str | os.PathLike, *, ms_levels: Iterable[int] | None = None,
-                      centroided: bool | None = None) -> Iterator[Spectrum]:
+                      centroided: bool | None = None, spectrum_type: str = "auto") -> Iterator[Spectrum]:
     """Spectra of an mzML file, read with pyteomics.
 
     ``ms_levels``: keep only these MS levels; ``centroided``: True keeps only centroided,
-    False only profile spectra (a spectrum that declares neither is taken as profile), None
-    keeps both. ``index`` counts the spectra yielded; ``scan`` comes from our own userParam,
+    False only profile spectra, None keeps both. ``spectrum_type``: 'auto' takes each spectrum's
+    own 'profile spectrum'/'centroid spectrum' term and, where it has neither, estimates the type
+    from the data (:func:`estimate_centroided`; ``type_source`` 'estimated'); 'profile' or
+    'centroid' sets it for every spectrum (``type_source`` 'given'). ``index`` counts the spectra yielded; ``scan`` comes from our own userParam,
     else the nativeID's ``scan=N``, else the spectrum's 1-based position in the file.
     """
     pyteomics_mzml = _require("pyteomics.mzml")
+    if spectrum_type not in SPECTRUM_TYPES:
+        raise MzMLError(f"spectrum type must be one of {', '.join(SPECTRUM_TYPES)}, got {spectrum_type!r}")
     levels = None if ms_levels is None else {int(x) for x in ms_levels}
     index = 0
     with pyteomics_mzml.MzML(str(path), use_index=False, decode_binary=True) as reader:
         for position, s in enumerate(reader):
             level = int(s.get("ms level", 1))
-            is_centroid = "centroid spectrum" in s and "profile spectrum" not in s
             if levels is not None and level not in levels:
                 continue
+            mz = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
+            if spectrum_type != "auto":
+                is_centroid, source = spectrum_type == "centroid", "given"
+            elif "centroid spectrum" in s or "profile spectrum" in s:
+                is_centroid, source = "centroid spectrum" in s and "profile spectrum" not in s, "declared"
+            else:
+                is_centroid, source = estimate_centroided(mz), "estimated"
             if centroided is not None and is_centroid != centroided:
                 continue
             scans = (s.get("scanList") or {}).get("scan") or [{}]
@@ -335,13 +369,12 @@ def read_mzml_spectra(path: str | os.PathLike, *, ms_levels: Iterable[int] | Non
                 polarity = Polarity.POSITIVE
             elif "negative scan" in s or "negative scan" in scan:
                 polarity = Polarity.NEGATIVE
-            mz = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
             intensity = np.asarray(s.get("intensity array", np.zeros(0, np.float32)))
             if intensity.dtype not in (np.float32, np.float64):
                 intensity = intensity.astype(np.float64)
             yield Spectrum(index, number, level, polarity, time_s, mz, intensity, centroided=is_centroid,
                            device_time_ns=device_time, native_id=native_id,
-                           sequence=_user_param(scan, UP_SEQUENCE))
+                           sequence=_user_param(scan, UP_SEQUENCE), type_source=source)
             index += 1
 
 
@@ -447,6 +480,8 @@ class ImportSummary:
     skipped_ms_level: int = 0
     skipped_empty: int = 0
     sorted_axes: int = 0             # spectra whose m/z array had to be sorted
+    estimated_profile: int = 0       # spectra without a type term, found to be profile from the data
+    estimated_centroided: int = 0    # ... found to be centroided (read_mzml_spectra, spectrum_type='auto')
     max_samples: int = 0
     max_frame_bytes: int = 0
     duration_s: float = 0.0          # last - first scan start time
@@ -467,10 +502,18 @@ class ImportSummary:
         return d
 
 
+def _count_estimated(summary, s: Spectrum) -> None:
+    if s.type_source == "estimated":
+        if s.centroided:
+            summary.estimated_centroided += 1
+        else:
+            summary.estimated_profile += 1
+
+
 def import_mzml(mzml_path: str | os.PathLike, out_path: str | os.PathLike, *,
                 ms_levels: Iterable[int] | None = None, centroided: bool = False,
                 compress: bool | int = False, overwrite: bool = False,
-                progress: Progress | None = None) -> ImportSummary:
+                progress: Progress | None = None, spectrum_type: str = "auto") -> ImportSummary:
     """Write the spectra of an mzML run as SCAN frames into a new capture at ``out_path``.
 
     Each kept spectrum becomes one frame carrying its own m/z array as an explicit float64
@@ -483,7 +526,8 @@ def import_mzml(mzml_path: str | os.PathLike, out_path: str | os.PathLike, *,
 
     By default only profile spectra are imported (the pipeline picks peaks from profile
     data); ``centroided=True`` imports only the centroided ones instead. ``ms_levels``
-    keeps only those MS levels. Empty spectra are skipped.
+    keeps only those MS levels. Empty spectra are skipped. ``spectrum_type`` as in
+    :func:`read_mzml_spectra` (the summary counts the spectra whose type was estimated).
     """
     from instrument.capture import CaptureWriter
 
@@ -512,9 +556,10 @@ def import_mzml(mzml_path: str | os.PathLike, out_path: str | os.PathLike, *,
     seq = 0
     with _atomic_output(out_path, overwrite=overwrite) as tmp, \
             CaptureWriter(tmp, description, fsync_interval_s=None, compress=compress) as writer:
-        for s in read_mzml_spectra(mzml_path):
+        for s in read_mzml_spectra(mzml_path, spectrum_type=spectrum_type):
             if progress is not None:
                 progress(1)
+            _count_estimated(summary, s)
             if s.centroided != centroided:
                 summary.skipped_centroided += 1 if s.centroided else 0
                 continue
@@ -757,7 +802,7 @@ def dsp_params_from_config(config=None) -> dict[str, Any]:
         from ionstream.config import load
 
         config = load(None)
-    return {"smoothing": config.dsp.smoothing, "min_snr": config.dsp.min_snr}
+    return {"smoothing": config.dsp.smoothing, "min_snr": config.dsp.min_snr, "preset": config.dsp.preset}
 
 
 _PEAK_FIELDS = (("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
@@ -801,6 +846,8 @@ class PeakPicker:
         params = {}
         if "min_snr" in self.params:
             params["min_snr"] = float(self.params["min_snr"])
+        if self.params.get("preset"):
+            params["preset"] = self.params["preset"]
         if self.params.get("smoothing", _DEFAULT_SMOOTHING) != _DEFAULT_SMOOTHING:
             params["smoothing"] = self.params["smoothing"]
         return params
@@ -833,6 +880,17 @@ class PeakPicker:
             mz, intensity = mz[keep], intensity[keep]
         p = pick_centroids(mz, intensity, **self.pick_params())
         return {name: np.ascontiguousarray(p[name], dtype=dtype) for name, dtype in _PEAK_FIELDS}
+
+
+def _passed_through(s: Spectrum) -> dict[str, np.ndarray]:
+    """A centroided spectrum's own points in the peaks layout (area, FWHM, S/N unknown: NaN)."""
+    mz = np.asarray(s.mz, dtype=np.float64)
+    order = np.argsort(mz, kind="stable")
+    n = mz.size
+    out = {name: np.full(n, np.nan, dtype) for name, dtype in _PEAK_FIELDS}
+    out["mz"] = mz[order]
+    out["intensity"] = np.asarray(s.intensity, dtype=np.float32)[order]
+    return out
 
 
 def _processing_params(w_params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -907,17 +965,21 @@ def export_capture(capture_path: str | os.PathLike, out_path: str | os.PathLike,
 
 @dataclass
 class PeaksSummary(ExportSummary):
-    skipped_centroided: int = 0
+    skipped_centroided: int = 0      # centroided input spectra passed through as they are (not re-picked)
+    estimated_profile: int = 0       # spectra without a type term, found to be profile from the data
+    estimated_centroided: int = 0
 
 
 def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
                dsp_params: dict[str, Any] | None = None, ms_levels: Iterable[int] | None = None,
-               progress: Progress | None = None) -> PeaksSummary:
+               progress: Progress | None = None, spectrum_type: str = "auto") -> PeaksSummary:
     """Pick peaks in every profile spectrum of ``in_path`` (mzML or capture) with the live pipeline's code.
 
     ``out_path`` ending in ``.csv`` gets one row per peak (:data:`CSV_COLUMNS`); ``.mzML``
     gets centroided spectra (as ``export --centroid``). Spectra already centroided in the
-    input are skipped and counted.
+    input (declared, given by ``spectrum_type``, or estimated from the data when the file does not
+    say: :func:`read_mzml_spectra`) are never re-picked: their points pass through as they are
+    (intensity as given; area, FWHM and S/N empty in CSV) and are counted in ``skipped_centroided``.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     suffix = out_path.suffix.lower()
@@ -930,16 +992,18 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
     params = picker.params
     summary = PeaksSummary(path=str(out_path), centroided=True, dsp=params)
     levels = None if ms_levels is None else {int(x) for x in ms_levels}
-    spectra = read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path)
+    spectra = read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path, spectrum_type=spectrum_type)
 
     def picked():
         for s in spectra:
             if progress is not None:
                 progress(1)
+            if levels is not None and s.ms_level not in levels:
+                continue
+            _count_estimated(summary, s)
             if s.centroided:
                 summary.skipped_centroided += 1
-                continue
-            if levels is not None and s.ms_level not in levels:
+                yield s, _passed_through(s)
                 continue
             yield s, picker(s)
 
@@ -961,8 +1025,8 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
 
     # centroided mzML: the spectrum count must be known before the first spectrum
     count, ms_set, seen, unique = 0, set(), set(), True
-    for s in (read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path)):
-        if not s.centroided and (levels is None or s.ms_level in levels):
+    for s in (read_capture_spectra(in_path) if capture else read_mzml_spectra(in_path, spectrum_type=spectrum_type)):
+        if levels is None or s.ms_level in levels:
             count += 1
             ms_set.add(s.ms_level)
             unique = unique and s.scan not in seen

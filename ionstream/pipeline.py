@@ -115,7 +115,7 @@ class Pipeline:
 
     def _make_work(self):
         dsp = self.config.dsp
-        return ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr},
+        return ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr, "preset": dsp.preset},
                         xic_windows=[tuple(w) for w in dsp.xic],
                         feature_spec=self.bundle.feature_spec if self.bundle else None,
                         spectrum_pool=self.spectrum_pool)

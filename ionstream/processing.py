@@ -37,9 +37,14 @@ class ProcessedScan:
 
 
 def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]] = ()) -> ScanParams:
-    """ScanParams from the configuration's ``[dsp]`` values (``smoothing``, ``min_snr``, any other
-    ScanParams field) and the XIC windows (m/z). A wrong name raises TypeError naming it."""
-    return ScanParams(**dsp_params, xic=tuple((float(lo), float(hi)) for lo, hi in xic_windows))
+    """ScanParams from the configuration's ``[dsp]`` values (``smoothing``, ``min_snr``, ``preset``,
+    any other ScanParams field) and the XIC windows (m/z). A wrong name raises TypeError naming it.
+    With a preset, ``smoothing`` at the configuration's default ('savgol') leaves the preset's choice."""
+    params = dict(dsp_params)
+    preset = params.pop("preset", "") or ""
+    if preset and params.get("smoothing") == "savgol":
+        del params["smoothing"]
+    return ScanParams.for_preset(preset, **params, xic=tuple((float(lo), float(hi)) for lo, hi in xic_windows))
 
 
 class ScanWork:

@@ -377,7 +377,8 @@ class TestPeaks:
 
         out = tmp_path / "peaks.csv"
         summary = mzml.pick_peaks(REAL, out)
-        assert summary.spectra == 2 and summary.skipped_centroided == 5 and summary.peaks > 100
+        # the 5 centroided MS2 scans pass through as they are (not re-picked), the 2 profile scans are picked
+        assert summary.spectra == 7 and summary.skipped_centroided == 5 and summary.peaks > 100
         rows = list(csv.DictReader(open(out)))
         assert tuple(rows[0]) == mzml.CSV_COLUMNS and len(rows) == summary.peaks
         truth = [s for s in independent_spectra(REAL) if "profile spectrum" in s["params"]]
@@ -398,9 +399,11 @@ class TestPeaks:
     def test_centroided_mzml_output(self, tmp_path):
         summary = mzml.pick_peaks(REAL, tmp_path / "a.mzML")
         spectra = list(pyteomics_mzml.read(str(tmp_path / "a.mzML")))
-        assert len(spectra) == 2 and sum(len(s["m/z array"]) for s in spectra) == summary.peaks
+        # scans 1-2 picked, the centroided scans 3-7 passed through (their S/N unknown: NaN)
+        assert len(spectra) == 7 and sum(len(s["m/z array"]) for s in spectra) == summary.peaks
         assert all("centroid spectrum" in s and "signal to noise array" in s for s in spectra)
-        assert [s["id"] for s in spectra] == ["scan=1", "scan=2"]
+        assert [s["id"] for s in spectra] == [f"scan={k}" for k in range(1, 8)]
+        assert np.isnan(spectra[2]["signal to noise array"]).all()
         assert xsd_valid(tmp_path / "a.mzML")
         doc = etree.parse(str(tmp_path / "a.mzML"))
         assert doc.find(".//m:instrumentConfiguration/m:cvParam", NS).get("name") == "LTQ FT"

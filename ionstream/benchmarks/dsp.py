@@ -19,6 +19,16 @@ Figures (``--json``, flat numbers):
   ``--truth-spectra`` random_spectrum scans with fixed seeds (recall of true peaks with S/N >= 10,
   picked peaks matching no true peak, median |m/z error| in ppm at S/N >= 20).
 
+* ``independent_recall``, ``independent_false_rate``, ``independent_median_ppm``: pick_centroids
+  (default settings) on the independent generator of tests/independent_spectra.py (TOF, Orbitrap,
+  FT-ICR kinds, ``--independent-spectra`` seeds each): recall of unblended true peaks at S/N >= 20,
+  false share of picks at S/N >= 10, median |m/z error| (ppm). Needs a source checkout (tests/).
+* ``openms_agreement``: the lowest, over the real profile files of tests/data (Orbitrap, FTMS, LTQ
+  FT), of the share of OpenMS PeakPickerHiRes centroids (S/N 1) matched by pick_centroids (the
+  kind's preset, min_snr 1) within 5 ppm; ``openms_speedup``: PeakPickerHiRes time over
+  pick_centroids time on the same spectra (the simulator's 64k-point scans), both best of
+  ``--repeat``, interleaved. Need pyopenms; NaN without it.
+
 Baselines run in this process; timings are best-of-N with the two contenders interleaved.
 """
 from __future__ import annotations
@@ -44,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth-spectra", type=int, default=100, help="spectra scored against truth (default 100)")
     parser.add_argument("--thread-passes", type=int, default=4, help="passes over the scans per thread in the scaling run (default 4)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions; the best counts (default 5)")
+    parser.add_argument("--independent-spectra", type=int, default=8, help="independent-generator seeds per kind (default 8)")
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -201,6 +212,75 @@ def _bench_truth(args, progress) -> dict:
             "truth_picked_peaks": total.n_picked, "truth_error_peaks": total.n_error}
 
 
+def _tests_dir():
+    from pathlib import Path
+    import sys
+
+    d = Path(__file__).resolve().parents[2] / "tests"
+    if (d / "independent_spectra.py").exists() and str(d) not in sys.path:
+        sys.path.insert(0, str(d))
+    return d
+
+
+def _bench_independent(args, progress) -> dict:
+    from dsp import pick_centroids
+
+    nan = float("nan")
+    if not (_tests_dir() / "independent_spectra.py").exists():
+        progress("independent generator: tests/independent_spectra.py not found (not a source checkout)")
+        return {"independent_recall": nan, "independent_false_rate": nan, "independent_median_ppm": nan}
+    from independent_spectra import KINDS, Score, make_spectrum, score
+
+    total = Score()
+    for kind in KINDS:
+        part = Score()
+        for seed in range(args.independent_spectra):
+            s = make_spectrum(kind, seed)
+            p = pick_centroids(s.mz, s.intensity)
+            part += score(p["mz"], s.truth, picked_snr=p["snr"])
+        progress(f"independent {kind}: {part}")
+        total += part
+    return {"independent_recall": total.recall, "independent_false_rate": total.false_rate,
+            "independent_median_ppm": total.median_ppm}
+
+
+def _bench_openms(args, progress, model, scans) -> dict:
+    from dsp import pick_centroids
+
+    nan = float("nan")
+    try:
+        import pyopenms  # noqa: F401
+        from ionstream.mzml import read_mzml_spectra
+        from openms_oracle import agreement, openms_centroids
+    except ImportError as exc:
+        progress(f"OpenMS comparison skipped: {exc}")
+        return {"openms_agreement": nan, "openms_speedup": nan}
+    data = _tests_dir() / "data"
+    worst = 1.0
+    for name, preset, scans_used in (("openms_orbitrap.mzML", "orbitrap", None), ("openms_ftms.mzML", "fticr", None),
+                                     ("small_ltqft.mzML", "fticr", {1})):
+        hit = total = 0
+        for s in read_mzml_spectra(data / name):
+            if s.centroided or s.ms_level != 1 or (scans_used and s.scan not in scans_used):
+                continue
+            h, t = agreement(pick_centroids(s.mz, s.intensity, preset=preset, min_snr=1)["mz"],
+                             openms_centroids(s.mz, s.intensity, 1.0))
+            hit, total = hit + h, total + t
+        progress(f"OpenMS agreement {name}: {hit}/{total} = {hit / max(total, 1):.3f}")
+        worst = min(worst, hit / max(total, 1))
+    axis = np.array(model.axis)
+    ys = [x.astype(np.float32) for x in scans[:8]]
+    to = tp = float("inf")
+    for _ in range(args.repeat):
+        a, _ = _best(lambda: [openms_centroids(axis, y, 1.0) for y in ys], 1)
+        b, _ = _best(lambda: [pick_centroids(axis, y, min_snr=1) for y in ys], 1)
+        to, tp = min(to, a), min(tp, b)
+    n = len(ys) * axis.size
+    progress(f"PeakPickerHiRes {to / n * 1e9:.1f} ns/sample, pick_centroids {tp / n * 1e9:.1f} ns/sample (x{to / tp:.2f})")
+    return {"openms_agreement": worst, "openms_speedup": to / tp,
+            "openms_ns_per_sample": to / n * 1e9, "pick_centroids_ns_per_sample": tp / n * 1e9}
+
+
 def run(args: argparse.Namespace, progress) -> dict:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"cpu_count": os.cpu_count() or 0, "load_average_1min": load}
@@ -212,5 +292,7 @@ def run(args: argparse.Namespace, progress) -> dict:
     result.update(_bench_scan_dsp(args, progress, model, scans))
     result.update(_bench_threads(args, progress, model, scans))
     result.update(_bench_truth(args, progress))
+    result.update(_bench_independent(args, progress))
+    result.update(_bench_openms(args, progress, model, scans))
     result["samples_per_scan"] = args.samples
     return result

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="import only this MS level (repeat for several; default: all)")
     parser.add_argument("--centroided", action="store_true",
                         help="import the centroided spectra instead of the profile ones")
+    parser.add_argument("--spectrum-type", choices=("auto", "profile", "centroid"), default="auto",
+                        help="auto (default): each spectrum's own term, else estimated from its point "
+                             "spacing; profile/centroid: take every spectrum as that")
     parser.add_argument("--compress", action="store_true", help="zstd-compress the capture's records")
     parser.add_argument("--force", action="store_true", help="replace CAPTURE if it exists")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
@@ -45,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
         total = count_spectra(args.mzml)
         with progress_bar(total, "import") as bar:
             summary = import_mzml(args.mzml, args.out, ms_levels=args.ms_levels, centroided=args.centroided,
-                                  compress=args.compress, overwrite=args.force, progress=bar.update)
+                                  compress=args.compress, overwrite=args.force, progress=bar.update,
+                                  spectrum_type=args.spectrum_type)
     except FileExistsError:
         print(f"ionstream import: {args.out} exists; give --force to replace it", file=sys.stderr)
         return 2
@@ -71,6 +75,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.out}: {summary.spectra:,} {kind} spectra ({levels}) from run {summary.run_id!r} "
           f"({instrument}), {summary.duration_s:.3f} s"
           + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    if summary.estimated_profile or summary.estimated_centroided:
+        print(f"spectrum type not stated in the file: estimated from the data as profile for "
+              f"{summary.estimated_profile}, centroided for {summary.estimated_centroided} spectra "
+              f"(override with --spectrum-type)")
     if not summary.spectra:
         print(f"ionstream import: no {kind} spectra in {args.mzml}"
               + ("" if args.centroided else " (try --centroided)"), file=sys.stderr)

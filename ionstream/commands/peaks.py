@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ms-level", type=int, action="append", metavar="N", dest="ms_levels",
                         help="only this MS level (repeat for several; default: all)")
     parser.add_argument("-c", "--config", metavar="FILE", help="daemon configuration ([dsp] settings)")
+    parser.add_argument("--preset", choices=("tof", "orbitrap", "fticr"),
+                        help="peak-picking defaults for this instrument kind (overrides [dsp] preset; docs/dsp.md)")
+    parser.add_argument("--spectrum-type", choices=("auto", "profile", "centroid"), default="auto",
+                        help="auto (default): each spectrum's own term, else estimated from its point "
+                             "spacing; profile/centroid: take every spectrum as that")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
 
 
@@ -38,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         dsp = dsp_params_from_config(load(args.config))
+        if args.preset:
+            dsp["preset"] = args.preset
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
@@ -46,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         total = count_spectra(args.input)
         with progress_bar(total, "peaks") as bar:
             summary = pick_peaks(args.input, args.out, dsp_params=dsp, ms_levels=args.ms_levels,
-                                 progress=bar.update)
+                                 progress=bar.update, spectrum_type=args.spectrum_type)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"ionstream peaks: {exc.filename or args.input}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -57,6 +64,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), default=str))
     else:
         print(f"{args.out}: {summary.peaks:,} peaks in {summary.spectra:,} spectra"
-              + (f"; {summary.skipped_centroided} already-centroided spectra skipped"
+              + (f"; {summary.skipped_centroided} already-centroided spectra passed through, not re-picked"
                  if summary.skipped_centroided else ""))
+        if summary.estimated_profile or summary.estimated_centroided:
+            print(f"spectrum type not stated in the file: estimated from the data as profile for "
+                  f"{summary.estimated_profile}, centroided for {summary.estimated_centroided} spectra "
+                  f"(override with --spectrum-type)")
     return 0 if summary.spectra else 1

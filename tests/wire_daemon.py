@@ -119,6 +119,15 @@ class Run:
     def headers(self, topic: str) -> list[dict]:
         return [h for t, h, _ in self.messages if t == topic]
 
+    def first_pass(self, topic: str) -> list[dict]:
+        """Headers of one topic about the first pass over the capture (the replay loops): frames
+        acquired before the first frame of the second pass (the peaks message with seq = scans)."""
+        boundary = self.second_pass_t_acq_ns()
+        return [h for h in self.headers(topic) if h["t_acq_ns"] < boundary]
+
+    def second_pass_t_acq_ns(self) -> int:
+        return next(h["t_acq_ns"] for h in self.headers("peaks") if h["seq"] == self.capture.scans)
+
 
 def curve_config(directory: Path) -> tuple[str, CurveClient]:
     """Keys as docs/wire.md § 11 lays them out, the [publish] lines that use them, and alice's client."""
@@ -166,9 +175,8 @@ def run_daemon(directory: Path, timeout_s: float = 90.0) -> Run:
                     run.messages.append((frames[0].decode("ascii"), json.loads(frames[1]), frames))
                     if frames[0] == b"status" and not run.replies:
                         run.replies = {name: client.request(req) for name, req in CONTROL_REQUESTS.items()}
-                    peaks = sum(1 for t, _, _ in run.messages if t == "peaks")
-                    if peaks == capture.scans and len(run.headers("status")) >= 3:
-                        break
+                    if frames[0] == b"class" and _second_pass(run, capture) and len(run.headers("status")) >= 3:
+                        break  # classes are published in scan order: every first-pass class came before
                     assert time.monotonic() < deadline, "the daemon did not send every scan in time"
                 run.replies["shutdown"] = client.request("shutdown")  # the replay loops: it is running
             _, run.stderr = proc.communicate(timeout=30)
@@ -178,3 +186,10 @@ def run_daemon(directory: Path, timeout_s: float = 90.0) -> Run:
                 proc.kill()
                 proc.communicate()
     return run
+
+
+def _second_pass(run: Run, capture: Capture) -> bool:
+    """True once the last message received (a class) is about a scan of the replay's second pass."""
+    if sum(1 for t, _, _ in run.messages if t == "peaks") <= capture.scans:
+        return False
+    return run.messages[-1][1]["t_acq_ns"] >= run.second_pass_t_acq_ns()

@@ -149,7 +149,7 @@ CONTROL_REQUESTS = {
 }
 
 
-def run_daemon(directory: Path, timeout_s: float = 90.0) -> Run:
+def run_daemon(directory: Path, timeout_s: float = 60.0) -> Run:
     capture = write_capture(directory / "contract.isc")
     curve_toml, alice = curve_config(directory)
     endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
@@ -171,6 +171,9 @@ def run_daemon(directory: Path, timeout_s: float = 90.0) -> Run:
         try:
             with ControlClient(control, curve=alice, timeout=10.0) as client:
                 while True:
+                    if not sub.socket.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+                        raise AssertionError(f"no message within {timeout_s} s of the start; daemon log:\n"
+                                             f"{_stop(proc)[-3000:]}")
                     frames = sub.socket.recv_multipart()  # raw frames: the schema sees the exact bytes
                     run.messages.append((frames[0].decode("ascii"), json.loads(frames[1]), frames))
                     if frames[0] == b"status" and not run.replies:
@@ -193,3 +196,9 @@ def _second_pass(run: Run, capture: Capture) -> bool:
     if sum(1 for t, _, _ in run.messages if t == "peaks") <= capture.scans:
         return False
     return run.messages[-1][1]["t_acq_ns"] >= run.second_pass_t_acq_ns()
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Kill a daemon that failed the test; its stderr."""
+    proc.kill()
+    return proc.communicate()[1]

@@ -201,8 +201,7 @@ def test_doc_event_table_equals_the_schema():
 def test_curve_config_snippet_names_real_keys():
     from ionstream.config import PublishConfig
 
-    snippet = tomllib.loads(marked_blocks("curve-config")["publish"] if "publish" in marked_blocks("curve-config")
-                            else re.search(r"<!-- curve-config -->\n```toml\n(.*?)```", WIRE_MD, re.S).group(1))
+    snippet = tomllib.loads(re.search(r"<!-- curve-config -->\n```toml\n(.*?)```", WIRE_MD, re.S).group(1))
     keys = set(snippet["publish"])
     assert {"curve_server_secret", "curve_clients_dir"} <= keys
     assert keys <= set(PublishConfig.__dataclass_fields__)

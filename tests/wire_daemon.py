@@ -70,7 +70,7 @@ def write_capture(path: Path, before: int = 40, after: int = 20) -> Capture:
     a gap (the decoder's counters stay clean; only the DSP sees anything unusual)."""
     sim = Simulator(SimConfig(scan_rate_hz=0, clock_rate_hz=25.0, n_samples=SAMPLES, seed=5, cycle_s=2.0,
                               status_interval_s=0.4))
-    frames: list[bytes] = []
+    frames: list[bytearray] = []
     skipped: set[int] = set()
     scan = 0
 

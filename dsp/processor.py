@@ -193,13 +193,19 @@ class ScanResult:
     baseline-subtracted sum per configured window (float64, counts); ``noise`` and ``baseline``:
     medians over the scan (counts); ``intensity``: the samples minus the baseline (float32, computed
     on first access, valid until the processor's next scan).
+
+    ``skipped`` is "" for an analysed scan, else why the scan could not be analysed (fewer than
+    3 samples, or an m/z axis that is not strictly increasing): such a scan is valid input, not
+    an error, and its result is empty: no peaks, ``tic`` and ``xic`` 0, ``noise`` and
+    ``baseline`` 0, ``intensity`` zeros (``raw_sum`` is still the sum of the samples).
     """
 
     __slots__ = ("peaks", "n_found", "dropped", "tic", "raw_sum", "xic", "noise", "baseline", "n_samples",
-                 "n_detected", "_owner", "_serial", "_intensity")
+                 "n_detected", "skipped", "_owner", "_serial", "_intensity")
 
     def __init__(self, peaks, n_found, tic, raw_sum, xic, noise, baseline, n_samples, n_detected,
-                 owner=None, serial=0, intensity=None):
+                 owner=None, serial=0, intensity=None, skipped: str = ""):
+        self.skipped = skipped
         self._owner = owner
         self._serial = serial
         self._intensity = intensity
@@ -238,7 +244,7 @@ class ScanResult:
         read, intensity are copied)."""
         return ScanResult(self.peaks.copy(), self.n_found, self.tic, self.raw_sum, self.xic.copy(), self.noise,
                           self.baseline, self.n_samples, self.n_detected, None, 0,
-                          None if self._intensity is None else self._intensity.copy())
+                          None if self._intensity is None else self._intensity.copy(), self.skipped)
 
     def __repr__(self) -> str:
         return (f"ScanResult(n_peaks={self.n_peaks}, dropped={self.dropped}, tic={self.tic:.6g}, "
@@ -246,6 +252,10 @@ class ScanResult:
 
 
 _NO_INDEX = np.zeros(0, np.intp)
+
+MIN_SAMPLES = 3
+"""Fewest samples a scan needs to be analysed (a peak needs a sample on each side of its apex).
+The device protocol allows 0- to 2-sample scans: they give an empty result, not an error."""
 
 
 class ScanProcessor:
@@ -289,6 +299,8 @@ class ScanProcessor:
         self._xic_hi = np.zeros(k, np.intp)
         self._axes = AxisCache()
         self._serial = 0
+        self._tof_increasing: dict = {}          # (calibration, n) -> its m/z axis is strictly increasing
+        self._cmp = np.empty(0, np.bool_)        # reused comparison buffer for explicit axes
 
     # -- public --------------------------------------------------------------------------------
     def process(self, samples, calibration_or_axis, out: np.ndarray | None = None) -> ScanResult:
@@ -319,6 +331,10 @@ class ScanProcessor:
         if isinstance(calibration_or_axis, Calibration):
             axis = None
             cal = calibration_or_axis
+            if n < MIN_SAMPLES:
+                return self._skipped(s, out, f"fewer than {MIN_SAMPLES} samples ({n})")
+            if not self._tof_axis_increasing(cal, n):
+                return self._skipped(s, out, "the calibration's m/z axis is not strictly increasing")
             t0, dt, c0, c1, c2 = cal.t0_ns, cal.dt_ns, cal.c0, cal.c1, cal.c2
             if self._xic_mz.shape[0]:
                 self._xic_for_calibration(cal, n)
@@ -328,6 +344,10 @@ class ScanProcessor:
                 axis = np.ascontiguousarray(axis, dtype=np.float64)
             if axis.shape != (n,):
                 raise ValueError(f"the m/z axis has shape {axis.shape}, the samples ({n},)")
+            if n < MIN_SAMPLES:
+                return self._skipped(s, out, f"fewer than {MIN_SAMPLES} samples ({n})")
+            if not self._increasing(axis):
+                return self._skipped(s, out, "the m/z axis is not strictly increasing")
             t0 = dt = c0 = c1 = c2 = 0.0
             if self._xic_mz.shape[0]:
                 self._xic_lo[:] = np.searchsorted(axis, self._xic_mz[:, 0], "left")
@@ -361,6 +381,33 @@ class ScanProcessor:
         return self._axes.get(calibration, n_samples)
 
     # -- internals -------------------------------------------------------------------------------
+    def _skipped(self, s: np.ndarray, out: np.ndarray | None, reason: str) -> ScanResult:
+        """The empty result of a scan that cannot be analysed (see ScanResult.skipped)."""
+        buf = self._peaks if out is None else out
+        self._serial += 1
+        n = s.shape[0]
+        return ScanResult(buf[:0], 0, 0.0, float(np.sum(s, dtype=np.float64)), np.zeros(self._xic_lo.shape[0]),
+                          0.0, 0.0, n, 0, None, 0, np.zeros(n, np.float32), reason)
+
+    def _increasing(self, axis: np.ndarray) -> bool:
+        """True if every m/z is larger than the one before (NaN fails), without allocating per scan."""
+        m = axis.shape[0] - 1
+        if self._cmp.shape[0] < m:
+            self._cmp = np.empty(m, np.bool_)
+        cmp = self._cmp[:m]
+        np.greater(axis[1:], axis[:-1], out=cmp)
+        return bool(cmp.all())
+
+    def _tof_axis_increasing(self, cal: Calibration, n: int) -> bool:
+        """Whether the TOF law gives a strictly increasing axis over n samples (once per calibration)."""
+        key = (cal, n)
+        ok = self._tof_increasing.get(key)
+        if ok is None:
+            if len(self._tof_increasing) > 16:
+                self._tof_increasing.clear()
+            ok = self._tof_increasing[key] = self._increasing(self.mz_axis(cal, n))
+        return ok
+
     def _xic_for_calibration(self, cal: Calibration, n: int) -> None:
         key = (cal, n)
         ranges = self._xic_cache.get(key)

@@ -65,9 +65,18 @@ HEADER_SIZE = HEADER_STRUCT.size + HEADER_CRC_STRUCT.size  # 80 bytes
 TRAILER_SIZE = 4
 FRAME_OVERHEAD = HEADER_SIZE + TRAILER_SIZE
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
-"""Largest payload a decoder accepts (bytes); bigger claims are treated as corruption."""
+"""Default largest payload a FrameDecoder accepts (bytes); bigger claims count as bad headers
+(a decoder setting: the daemon's acquisition thread lowers it to what a ring slot holds)."""
 MAX_HEADER_SIZE = 1024
 """Largest header_size a decoder accepts (later compatible versions may append fields up to it)."""
+HEADER_SIZE_MULTIPLE = 4
+"""header_size is a multiple of this (docs/protocol.md, Versioning): fields are appended in whole
+32-bit words, so the header CRC stays 4-byte aligned with the frame start."""
+
+
+def valid_header_size(header_size: int) -> bool:
+    """True if ``header_size`` is one a version 1 decoder accepts: 80..1024 and a multiple of 4."""
+    return HEADER_SIZE <= header_size <= MAX_HEADER_SIZE and header_size % HEADER_SIZE_MULTIPLE == 0
 
 
 class FrameType(enum.IntEnum):
@@ -183,8 +192,13 @@ def pack_header(
     """Header bytes (HEADER_SIZE + len(extension)) with their CRC-32, for a payload described by the fields.
 
     ``extension`` is for tests and future compatible versions: bytes appended after the
-    v1 fields (before the CRC), which a v1 decoder skips.
+    v1 fields (before the CRC), which a v1 decoder skips. Its length must keep the header a
+    multiple of 4 bytes and at most MAX_HEADER_SIZE (ValueError otherwise).
     """
+    if not valid_header_size(HEADER_SIZE + len(extension)):
+        raise ValueError(f"a {len(extension)}-byte extension makes a {HEADER_SIZE + len(extension)}-byte header; "
+                         f"header_size must be {HEADER_SIZE}..{MAX_HEADER_SIZE} and a multiple of "
+                         f"{HEADER_SIZE_MULTIPLE} (docs/protocol.md, Versioning)")
     body = HEADER_STRUCT.pack(
         SYNC, FORMAT_VERSION, int(frame_type), HEADER_SIZE + len(extension),
         sequence & 0xFFFFFFFF, scan_number & 0xFFFFFFFF, device_time_ns & 0xFFFFFFFFFFFFFFFF,
@@ -399,7 +413,8 @@ class FrameDecoder:
     Decision rule at a candidate position p (the same whatever the chunking):
 
     1. the 4 bytes at p must be SYNC, else search forward for SYNC;
-    2. header_size (bytes 6-7) must be HEADER_SIZE..MAX_HEADER_SIZE, else bad header;
+    2. header_size (bytes 6-7) must be HEADER_SIZE..MAX_HEADER_SIZE and a multiple of 4,
+       else bad header;
     3. the CRC-32 of bytes [p, p+header_size-4) must equal the u32 at p+header_size-4,
        else header CRC error;
     4. version must be 1, frame type SCAN or STATUS, the enums known, payload_size
@@ -410,7 +425,14 @@ class FrameDecoder:
 
     On any failure the decoder searches for SYNC from p+1 (so a frame that starts inside
     a truncated or corrupt one is still found). Bytes passed over are counted in
-    bytes_skipped; each run of them is one resync.
+    bytes_skipped; each run of them is one resync, counted when its first byte is passed
+    over (so a run at the very start or end of a stream counts too). A run ends at the next
+    valid frame or at reset(). Bytes still waiting for the rest of a frame when the stream
+    stops are neither skipped nor a resync: they stay in ``buffered`` until reset().
+
+    STATUS frames: every SCAN-only header field (ms_level, polarity, sample_dtype,
+    axis_kind, n_samples, the calibration) decodes as 0 / UNKNOWN / NONE / TOF, whatever
+    the bytes say, so no reader can come to depend on a value emitters need not write.
 
     One decoder per byte stream, used by one thread (the acquisition thread); other
     threads may read ``stats`` (plain ints) at any time.
@@ -436,8 +458,11 @@ class FrameDecoder:
     def reset(self) -> None:
         """Drop any partial frame (after a reconnect: it can never complete).
 
-        The dropped bytes are counted in bytes_skipped. The counters and the last sequence
-        number are kept, so frames lost while the device was away count as sequence gaps.
+        The dropped bytes are counted in bytes_skipped but not as a resync: no sync word was
+        searched for (the acquisition counts the reconnect itself). An open run of skipped
+        bytes ends here, so bytes skipped after reset() are a new resync. The counters and
+        the last sequence number are kept, so frames lost while the device was away count as
+        sequence gaps.
         """
         if self._buffered:
             self.stats.bytes_skipped += self._buffered
@@ -549,7 +574,7 @@ class FrameDecoder:
             if sync != SYNC:
                 pos = self._resync(mv, pos, end)
                 continue
-            if hsize < HEADER_SIZE or hsize > MAX_HEADER_SIZE:
+            if hsize < HEADER_SIZE or hsize > MAX_HEADER_SIZE or hsize & 3:  # valid_header_size()
                 stats.bad_headers += 1
                 pos = self._resync(mv, pos, end)
                 continue
@@ -576,14 +601,14 @@ class FrameDecoder:
                     stats.bad_headers += 1
                     pos = self._resync(mv, pos, end)
                     continue
-            else:  # STATUS: the scan-only fields are ignored
+            else:  # STATUS: the scan-only fields are ignored, and read as zero
                 if psize < STATUS_PAYLOAD_SIZE:
                     stats.bad_headers += 1
                     pos = self._resync(mv, pos, end)
                     continue
-                sample_type, axis, n_samples = SampleType.NONE, AxisKind.TOF, 0
-                if polarity is None:
-                    polarity = Polarity.UNKNOWN
+                sample_type, axis, n_samples, ms_level, polarity = (SampleType.NONE, AxisKind.TOF, 0, 0,
+                                                                    Polarity.UNKNOWN)
+                t0 = dt = c0 = c1 = c2 = 0.0
             fsize = hsize + psize + TRAILER_SIZE
             if avail < fsize:
                 self._need = fsize

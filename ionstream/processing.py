@@ -34,6 +34,7 @@ class ProcessedScan:
     spectrum: tuple[np.ndarray, np.ndarray, Callable[[], None]] | None = None  # (mz, intensity, release)
     ms_level: int = 1
     polarity: str = "positive"
+    skipped: str = ""                      # why the DSP could not analyse the scan ("" = analysed; dsp.processor)
 
 
 def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]] = ()) -> ScanParams:
@@ -77,7 +78,8 @@ class ScanWork:
             axis = mz
         # result.peaks is a view of the processor's buffer, overwritten by the next scan.
         peaks = {name: np.array(result.peaks[name], dtype=dtype, copy=True) for name, dtype in PEAK_FIELDS}
-        features = None if self._features is None else self._features(axis, samples)
+        # A scan the DSP skipped (too short, axis not increasing) has no features: no class message.
+        features = None if self._features is None or result.skipped else self._features(axis, samples)
         spectrum = None
         if self._spectrum_pool is not None and len(samples) <= self._spectrum_pool.shape[0]:
             processed = result.intensity
@@ -87,7 +89,7 @@ class ScanWork:
             spectrum = (axis, out, release)
         # result.xic is a fresh float64 array for each scan (not a processor buffer): no copy.
         return ProcessedScan(peaks, float(result.tic), result.xic, features, spectrum, h.ms_level,
-                             h.polarity.name.lower())
+                             h.polarity.name.lower(), result.skipped)
 
 
 class TraceEvents:

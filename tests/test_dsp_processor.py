@@ -15,6 +15,7 @@ from dsp.baseline import estimate_baseline
 from dsp.calibration import mz_axis
 from dsp.processor import CENTROID_DTYPE, FLAG_FIT, ScanParams, ScanProcessor
 from dsp.truth import score_scan, TruthScore
+from instrument.frames import Calibration
 from instrument.spectrum_model import default_calibration, default_model, random_spectrum
 
 MODEL = default_model()
@@ -118,9 +119,28 @@ class TestInputs:
         with pytest.raises(ValueError, match="m/z axis has shape"):
             ScanProcessor().process(np.zeros(100, np.float32), np.linspace(1, 2, 99))
 
-    def test_too_short(self):
-        with pytest.raises(ValueError, match="at least 3 samples"):
-            ScanProcessor().process(np.zeros(2, np.float32), default_calibration(16))
+    def test_too_short_is_skipped_not_an_error(self):
+        """The device protocol allows 0- to 2-sample scans (docs/protocol.md): an empty result
+        that says why, not an exception the daemon would count as a dsp_error."""
+        proc = ScanProcessor(xic=((100.0, 200.0),))
+        for n in (0, 1, 2):
+            r = proc.process(np.full(n, 7, np.uint16), default_calibration(16))
+            assert r.skipped == f"fewer than 3 samples ({n})" and r.n_peaks == 0 and r.tic == 0
+            assert r.xic.tolist() == [0.0] and r.intensity.shape == (n,) and r.raw_sum == 7 * n
+        assert proc.process(np.full(3, 7, np.uint16), default_calibration(16)).skipped == ""
+
+    @pytest.mark.parametrize("axis", [np.linspace(900.0, 100.0, 64), np.full(64, 500.0),
+                                      np.r_[np.linspace(100.0, 200.0, 32), np.linspace(150.0, 300.0, 32)],
+                                      np.r_[np.linspace(100.0, 200.0, 32), np.nan, np.linspace(201.0, 300.0, 31)]])
+    def test_non_increasing_axis_is_skipped_not_an_error(self, axis):
+        samples = np.full(64, 50, np.uint16)
+        samples[30:34] = 5000
+        r = ScanProcessor(xic=((100.0, 200.0),)).process(samples, axis)
+        assert r.skipped == "the m/z axis is not strictly increasing" and r.n_peaks == 0 and r.tic == 0
+
+    def test_flat_calibration_is_skipped(self):
+        r = ScanProcessor().process(np.full(64, 50, np.uint16), Calibration(1000.0, 0.5, 10.0, 0.0, 0.0))
+        assert r.skipped == "the calibration's m/z axis is not strictly increasing"
 
     def test_constant_and_tiny_scans(self):
         for n in (3, 10, 200, 5000):

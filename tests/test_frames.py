@@ -116,6 +116,23 @@ class TestFrameDecoder:
                 f.samples()
             assert f.mz_axis() is None
 
+    def test_status_frame_scan_only_fields_read_as_zero(self):
+        """docs/protocol.md: decoders ignore the SCAN-only fields of a STATUS frame. An emitter
+        that leaves junk there (ms_level 3, polarity 2, a calibration, n_samples 7, dtype 9,
+        axis 1) gives the same decoded header as one that writes zeros."""
+        payload = encode_status(sequence=4)[80:104]
+        junk = pack_header(frame_type=FrameType.STATUS, sequence=4, ms_level=3, polarity=Polarity.NEGATIVE,
+                           sample_type=9, axis_kind=1, n_samples=7, payload_size=len(payload),
+                           calibration=Calibration(1.0, 2.0, 3.0, 4.0, 5.0))
+        frame = junk + payload + struct.pack("<I", zlib.crc32(payload))
+        [(h, _, st)] = decode_all(frame)[0]
+        [(clean, _, _)] = decode_all(encode_status(sequence=4))[0]
+        assert h == clean
+        assert (h.ms_level, h.polarity, h.sample_type, h.axis_kind, h.n_samples) == (
+            0, Polarity.UNKNOWN, SampleType.NONE, AxisKind.TOF, 0)
+        assert h.calibration == Calibration(0.0, 0.0, 0.0, 0.0, 0.0)
+        assert st.state == InstrumentState.ACQUIRING
+
     def test_unknown_status_state_is_kept_as_int(self):
         frame = bytearray(encode_status(sequence=0))
         frame[80] = 200
@@ -200,6 +217,27 @@ class TestFrameDecoder:
             frames, stats = decode_all(scan(0) + bytes(bad) + scan(2))
             assert [h.sequence for h, _, _ in frames] == [0, 2] and stats.bad_headers == 1
 
+    @pytest.mark.parametrize("extra", [1, 2, 3, 5, 943])
+    def test_header_size_not_a_multiple_of_4_is_a_bad_header(self, extra):
+        """docs/protocol.md: header_size is 80..1024 and a multiple of 4. A header that is
+        otherwise perfect (CRC right at header_size - 4) but 81 bytes long is refused."""
+        payload = np.arange(5, dtype=np.uint16).tobytes()
+        body = bytearray(pack_header(frame_type=FrameType.SCAN, sequence=1, n_samples=5, payload_size=10)[:76])
+        body[6:8] = struct.pack("<H", 80 + extra)
+        body += b"\x00" * extra
+        header = bytes(body) + struct.pack("<I", zlib.crc32(body))
+        bad = header + payload + struct.pack("<I", zlib.crc32(payload))
+        frames, stats = decode_all(scan(0) + bad + scan(2))
+        assert [h.sequence for h, _, _ in frames] == [0, 2]
+        assert stats.bad_headers == 1 and stats.header_crc_errors == 0 and stats.bytes_skipped == len(bad)
+
+    def test_pack_header_refuses_an_extension_that_breaks_the_size_rule(self):
+        with pytest.raises(ValueError, match="multiple of 4"):
+            pack_header(frame_type=FrameType.SCAN, sequence=0, extension=b"\x01")
+        with pytest.raises(ValueError, match="80..1024"):
+            pack_header(frame_type=FrameType.SCAN, sequence=0, extension=bytes(948))
+        assert len(pack_header(frame_type=FrameType.SCAN, sequence=0, extension=bytes(944))) == MAX_HEADER_SIZE
+
     def test_payload_larger_than_max_is_refused_before_waiting_for_it(self):
         frame = scan(0, n=1000)
         dec = FrameDecoder(max_payload_size=1999)
@@ -239,6 +277,24 @@ class TestFrameDecoder:
         assert list_inside(dec, scan(3), lambda f: f.header.sequence) == [3]
         assert dec.stats.sequence_gaps == 2  # 1 and 2 were lost while away
         assert dec.stats.resyncs == 0
+
+    def test_resync_runs_at_stream_ends_and_across_reset(self):
+        """docs/protocol.md, Decoder behaviour: a run of skipped bytes is one resync, counted
+        when its first byte is passed over (start and end of a stream included); reset()
+        drops the partial frame as skipped bytes, not a resync, and ends the open run."""
+        dec = FrameDecoder()
+        list_inside(dec, b"junk" + scan(0) + b"more junk", lambda f: f)  # a run before, a run after
+        assert dec.stats.resyncs == 2 and dec.stats.bytes_skipped == 13 and dec.buffered == 0
+        list_inside(dec, b"still junk", lambda f: f)                    # the same run goes on
+        assert dec.stats.resyncs == 2
+        dec.reset()
+        list_inside(dec, b"junk after a reconnect", lambda f: f)        # a new run
+        assert dec.stats.resyncs == 3
+        list_inside(dec, scan(1)[:40], lambda f: f)                     # the stream stops mid-frame
+        assert dec.stats.resyncs == 3 and dec.buffered == 40
+        skipped = dec.stats.bytes_skipped
+        dec.reset()
+        assert dec.stats.resyncs == 3 and dec.stats.bytes_skipped == skipped + 40 and dec.buffered == 0
 
     def test_accepts_bytes_bytearray_memoryview_and_typed_buffers(self):
         frame = scan(0, n=8)

@@ -94,3 +94,29 @@ def test_documented_crc_values_and_field_offsets():
             if m:
                 lo, hi, value = int(m.group(1)), int(m.group(2)), int(m.group(3), 16)
                 assert zlib.crc32(frame[lo:hi + 1]) == value == struct.unpack("<I", chunk)[0], f"{name}: {comment}"
+
+
+def test_documented_counters_are_the_decoders():
+    """protocol.md's counter table names exactly DecoderStats' fields, and every one it says is
+    a status figure is in docs/wire.md's stats table under the same name."""
+    from instrument.frames import DecoderStats
+
+    text = PROTOCOL.read_text(encoding="utf-8")
+    block = text.split("| Counter | Counts |")[1].split("\n\n")[0]
+    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in block.splitlines()[2:])))
+    assert documented == set(DecoderStats().as_dict())
+    wire_md = (DOCS / "wire.md").read_text(encoding="utf-8")
+    stats_table = wire_md.split("| stat | type | sent | meaning |")[1].split("\n\n")[0]
+    in_status = set(re.findall(r"^\| `(\w+)`", stats_table, re.M)) | set(re.findall(r"`(\w+)`", stats_table))
+    assert documented - {"bytes_in", "scan_frames", "status_frames"} <= in_status
+
+
+def test_documented_header_size_rule_is_the_decoders():
+    """protocol.md: 80..1024 and a multiple of 4, as valid_header_size states it (test_frames.py
+    checks that the decoder refuses 81..83, 85 and 1023 as bad headers)."""
+    from instrument.frames import valid_header_size
+
+    text = PROTOCOL.read_text(encoding="utf-8")
+    assert "80..1024 and a multiple of 4" in text
+    for size in range(0, 1100):
+        assert valid_header_size(size) == (80 <= size <= 1024 and size % 4 == 0), size

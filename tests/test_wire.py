@@ -183,6 +183,7 @@ class TestDocExample:
         assert header["seq"] == 41 and header["scan"] == 1042 and header["session"] == "5f2a9c1e0b7d4e63"
         assert header["t_dsp_ns"] - header["t_acq_ns"] == 1_250_000
         assert header["t_pub_ns"] - header["t_dsp_ns"] == 150_000
+        assert (header["ms_level"], header["polarity"], header["tic"]) == (1, "positive", 98571.25)
         np.testing.assert_array_equal(arrays["mz"], [195.0877, 524.2648, 1022.0232])
         np.testing.assert_array_equal(arrays["intensity"], np.array([1250.5, 88000.0, 310.25], np.float32))
         np.testing.assert_array_equal(arrays["area"], np.array([30.0, 2112.0, 7.5], np.float32))
@@ -192,7 +193,7 @@ class TestDocExample:
     def test_is_what_the_encoder_writes(self):
         doc = _doc_example()
         topic, header, arrays = wire.decode(doc)
-        fields = {k: header[k] for k in ("scan", "t_device_ns", "t_acq_ns", "t_dsp_ns")}
+        fields = {k: v for k, v in header.items() if k not in wire.RESERVED_FIELDS}  # in the order sent
         frames = wire.encode(topic, fields, list(arrays.values()), source=header["source"],
                              session=header["session"], seq=header["seq"], t_pub_ns=header["t_pub_ns"])
         assert _bytes_frames(frames) == doc

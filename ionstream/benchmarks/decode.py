@@ -67,7 +67,7 @@ class ReferenceDecoder:
         if avail < 8:
             return ("need",)
         header_size = _u(b, p + 6, 2)
-        if header_size < 80 or header_size > 1024:
+        if header_size < 80 or header_size > 1024 or header_size % 4:
             return ("bad", "bad_headers")
         if avail < header_size:
             return ("need",)

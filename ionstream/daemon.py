@@ -133,8 +133,7 @@ class Daemon:
             fatal = pipeline.supervise()
             snapshot = pipeline.tick()
             status.show(snapshot)
-            pipeline.publisher.publish("status", {"stats": {k: v for k, v in snapshot.items()
-                                                            if isinstance(v, (int, float, str, bool))}})
+            pipeline.publisher.publish("status", {"stats": snapshot})  # the control reply's document
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 try:

@@ -83,8 +83,7 @@ class HealthMonitor:
 
     @staticmethod
     def _stages(s: dict[str, Any]) -> str | None:
-        failed = [f"{k.removeprefix('stage_')} {v}" for k, v in s.items()
-                  if k.startswith("stage_") and isinstance(v, str) and v.startswith("failed")]
+        failed = [f"{name} {state}" for name, state in s.get("stages", {}).items() if state.startswith("failed")]
         return "; ".join(failed) or None
 
     def _log_changes(self, reasons: dict[str, str]) -> None:

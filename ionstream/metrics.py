@@ -20,12 +20,17 @@ COUNTERS = {
     "dsp_restarts": ("ionstream_dsp_restarts_total", "DSP workers restarted after they died"),
     "frames": ("ionstream_frames_total", "device frames decoded"),
     "crc_errors": ("ionstream_crc_errors_total", "frames with a failed header or payload CRC"),
+    "header_crc_errors": ("ionstream_header_crc_errors_total", "frames whose header CRC failed"),
+    "payload_crc_errors": ("ionstream_payload_crc_errors_total", "frames whose payload CRC failed (noisy link)"),
+    "bad_headers": ("ionstream_bad_headers_total", "frame headers impossible or not understood (e.g. newer version)"),
+    "sequence_restarts": ("ionstream_sequence_restarts_total", "device sequence restarts (firmware restarted)"),
     "resyncs": ("ionstream_resyncs_total", "decoder resynchronisations after bad bytes"),
     "bytes_skipped": ("ionstream_bytes_skipped_total", "bytes skipped while resynchronising"),
     "sequence_gaps": ("ionstream_sequence_gaps_total", "missing device sequence numbers"),
     "disconnects": ("ionstream_source_disconnects_total", "device losses"),
     "reconnects": ("ionstream_source_reconnects_total", "device re-opens after a loss"),
     "dsp_errors": ("ionstream_dsp_errors_total", "scans whose DSP raised"),
+    "dsp_skipped": ("ionstream_dsp_skipped_total", "valid scans the DSP could not analyse (published empty)"),
 }
 GAUGES = {
     "scans_per_s": ("ionstream_scan_rate", "scans per second"),

@@ -81,6 +81,7 @@ class Pipeline:
         self._scans_out = 0
         self._peaks_total = 0
         self._classified = 0
+        self._dsp_skipped = 0  # valid scans the DSP could not analyse (published empty)
         self.last_class: tuple[str, float] | None = None
         self.instrument_status: dict[str, Any] = {}
         self.started_at = 0.0
@@ -131,6 +132,8 @@ class Pipeline:
         if result.kind != "scan":
             return
         scan: ProcessedScan = result.payload
+        if scan.skipped:
+            self._dsp_skipped += 1
         times = {"scan": result.scan_number, "t_device_ns": result.device_time_ns,
                  "t_acq_ns": result.host_time_ns, "t_dsp_ns": result.t_dsp_ns}
         peaks = scan.peaks
@@ -275,7 +278,7 @@ class Pipeline:
     def _reload(self, path: str | None) -> None:
         try:
             done = self.reload_model(path)
-            self.model_reload = f"ok: {done['model']} {done['version']}"
+            self.model_reload = "ok"
         except Exception as exc:
             self.model_reload = f"failed: {exc}"
             log.error("model reload refused, the running model stays: %s", exc)
@@ -409,6 +412,10 @@ class Pipeline:
             "frames": dec.frames,
             "peaks_per_scan": self._peaks_total / self._scans_out if self._scans_out else float("nan"),
             "crc_errors": dec.header_crc_errors + dec.payload_crc_errors,
+            "header_crc_errors": dec.header_crc_errors,
+            "payload_crc_errors": dec.payload_crc_errors,
+            "bad_headers": dec.bad_headers,
+            "sequence_restarts": dec.sequence_restarts,
             "resyncs": dec.resyncs,
             "bytes_skipped": dec.bytes_skipped,
             "sequence_gaps": dec.sequence_gaps,
@@ -421,6 +428,7 @@ class Pipeline:
             "ring_policy": self.ring.policy.value,
             "dsp_workers": self.dsp.n,
             "dsp_errors": self.dsp.errors,
+            "dsp_skipped": self._dsp_skipped,
             "dsp_restarts": self.dsp.restarts,
             "reorder_depth": self.sequencer.reorder_depth,
             "reorder_stalls": self.sequencer.stalled,
@@ -439,7 +447,7 @@ class Pipeline:
             "batch_queue_delay_p99_ms": batch.get("queue_delay_ms_p99", float("nan")),
             "instrument": self.instrument_status,
         }
-        snapshot.update({f"stage_{name}": state for name, state in self.stage_states().items()})
+        snapshot["stages"] = self.stage_states()
         if self.last_class:
             snapshot["last_class"], snapshot["last_confidence"] = self.last_class
         snapshot.update({k: v for k, v in pub.items() if isinstance(v, (int, float))})

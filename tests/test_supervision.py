@@ -143,7 +143,7 @@ class TestHealth:
     def test_drops_rising_ring_full_stage_failed_recording_error(self):
         mon = HealthMonitor(HealthLimits(drop_window_s=10.0, ring_fill_max=0.9))
         assert mon.check(self._snap(frames=1, drops_total=5), 0.0) == {}
-        bad = mon.check(self._snap(frames=2, drops_total=9, ring_fill=0.95, stage_classifier="failed: boom",
+        bad = mon.check(self._snap(frames=2, drops_total=9, ring_fill=0.95, stages={"classifier": "failed: boom", "dsp0": "running"},
                                    record_error="recording to x stopped: disk full"), 1.0)
         assert set(bad) == {"drops", "ring", "stage", "recording"}
         assert "4 scan(s) dropped" in bad["drops"] and "classifier failed: boom" in bad["stage"]

@@ -261,7 +261,13 @@ def _source_problems(url: str) -> list[str]:
 
 
 def endpoint_problems(config: Config) -> list[str]:
-    """Ports already in use on the configured TCP endpoints (checked at start-up, not in `check`)."""
+    """Ports already in use on the configured TCP endpoints (checked at start-up, not in `check`).
+
+    The test bind sets SO_REUSEADDR, as libzmq does for its own listeners: a port whose only
+    users are connections in TIME_WAIT (left for ~60 s by a daemon that stopped while a
+    subscriber was connected) is free for ZeroMQ, so it is free here too; a port another
+    process listens on is still refused.
+    """
     problems = []
     for key in ("endpoint", "control"):
         endpoint = getattr(config.publish, key)
@@ -271,6 +277,7 @@ def endpoint_problems(config: Config) -> list[str]:
         if not port.isdigit() or port == "0":
             continue
         with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host.strip("[]").replace("*", "0.0.0.0"), int(port)))
             except OSError as exc:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from instrument.frames import FRAME_OVERHEAD, FrameDecoder
 from instrument.ring import RingBuffer
-from instrument.sources.base import EndOfSource, Source, SourceDisconnected, SourceUnavailable
+from instrument.sources.base import EndOfSource, Source, SourceBusy, SourceDisconnected, SourceUnavailable
 
 log = logging.getLogger("ionstream.acquisition")
 
@@ -50,18 +50,28 @@ class AcquisitionThread:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._close_ring_at_end = close_ring_at_end
         self._stop = threading.Event()
-        self._started = threading.Event()
+        self._started = threading.Event()     # set once the first open of the source was tried
+        self._start_error: SourceBusy | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "AcquisitionThread":
+        """Start the thread; return once it has tried to open the source (``timeout`` s at most).
+
+        A source that is busy at start-up (SourceBusy: another process holds the port) is a
+        start-up error, raised here; the thread has then ended and closed the ring. A source
+        that is merely absent (unplugged) is retried in the background, as after a disconnect.
+        """
         self._thread.start()
         if not self._started.wait(timeout):
             raise RuntimeError(f"acquisition thread for {self.source.url.text} did not start in {timeout} s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            raise self._start_error
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to stop, wait up to ``timeout`` s for it, then close the ring."""
+        """Ask the thread to stop and wait up to ``timeout`` s for it (safe before start())."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -69,7 +79,9 @@ class AcquisitionThread:
             log.error("acquisition thread did not stop within %.1f s (source %s)", timeout, self.source.url.text)
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        """Wait for the thread to end (returns at once if it never started)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -81,7 +93,6 @@ class AcquisitionThread:
 
     # ---- the loop ----------------------------------------------------------------
     def _run(self) -> None:
-        self._started.set()
         try:
             self._loop()
         except Exception as exc:  # a bug, not an I/O failure: report it once, loudly
@@ -91,6 +102,7 @@ class AcquisitionThread:
             self._close_source()
             if self._close_ring_at_end:
                 self.ring.close()
+            self._started.set()  # start() never waits for a thread that has ended
 
     def _loop(self) -> None:
         view = memoryview(self._read_buffer)
@@ -102,6 +114,10 @@ class AcquisitionThread:
                 try:
                     source.open()
                 except SourceUnavailable as exc:
+                    if isinstance(exc, SourceBusy) and not self._started.is_set():
+                        self._start_error = exc  # start() raises it: another process has the device
+                        return                   # (_run's finally wakes start())
+                    self._started.set()
                     stats.open_failures += 1
                     if lost_since is None:
                         lost_since = time.monotonic()
@@ -109,6 +125,7 @@ class AcquisitionThread:
                     stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
+                self._started.set()
                 stats.connected = True
                 delay = self._backoff[0]
                 if lost_since is not None:

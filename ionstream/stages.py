@@ -81,9 +81,11 @@ class DspWorkers:
         self._stop.set()
 
     def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every worker; True if none is alive (also before start())."""
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
         return not self.alive
 
     def _run(self, w: int, process: Callable[[Slot], Any]) -> None:
@@ -161,7 +163,9 @@ class Sequencer:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
+        """Wait up to ``timeout`` s; True if the thread is not alive (also before start())."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _drain(self, block: bool) -> None:

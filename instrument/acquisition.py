@@ -13,8 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from instrument.frames import FRAME_OVERHEAD, FrameDecoder
-from instrument.ring import RingBuffer
+from instrument.frames import FrameDecoder
+from instrument.ring import DropLog, RingBuffer
 from instrument.sources.base import EndOfSource, Source, SourceBusy, SourceDisconnected, SourceUnavailable
 
 log = logging.getLogger("ionstream.acquisition")
@@ -43,8 +43,11 @@ class AcquisitionThread:
                  close_ring_at_end: bool = True, name: str = "acquisition"):
         self.source = source
         self.ring = ring
-        # A frame whose payload passes the decoder must also fit a ring slot.
-        self.decoder = FrameDecoder(max_payload_size=ring.slot_bytes - FRAME_OVERHEAD)
+        # Every frame the protocol allows is decoded, whatever the ring's slot size: what fits a
+        # slot goes to every reader, a larger one to the recorder only (ring.py), so what was
+        # received is recorded whatever the ring does.
+        self.decoder = FrameDecoder()
+        self.drop_log = DropLog(ring)
         self.stats = AcquisitionStats()
         self._read_buffer = bytearray(read_size)
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -102,6 +105,7 @@ class AcquisitionThread:
             self._close_source()
             if self._close_ring_at_end:
                 self.ring.close()
+            self.drop_log.flush()
             self._started.set()  # start() never waits for a thread that has ended
 
     def _loop(self) -> None:
@@ -157,6 +161,7 @@ class AcquisitionThread:
             for frame in decoder.feed(view[:n]):
                 stats.frames += 1
                 ring.put(frame.header, frame.raw, host_time_ns, stop)
+            self.drop_log.check()
 
     def _close_source(self) -> None:
         try:

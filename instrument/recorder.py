@@ -25,7 +25,7 @@ class Recorder:
                  fsync_interval_s: float = 1.0, compress: bool = False):
         self.path = Path(path)
         self._ring = ring
-        self._reader = ring.add_reader(f"recorder:{self.path.name}")
+        self._reader = ring.add_reader(f"recorder:{self.path.name}", oversize=True)  # records every frame
         # exclusive: never overwrite an earlier capture by reusing its name.
         self._writer = CaptureWriter(self.path, description, fsync_interval_s=fsync_interval_s,
                                      compress=compress, exclusive=True)

@@ -38,7 +38,8 @@ class SourceConfig:
 @dataclass
 class RingConfig:
     slots: int = _f(256, "frame slots preallocated in the ring buffer", min=2)
-    slot_bytes: int = _f(0, "bytes per slot; 0 = enough for max_samples float32 samples", min=0)
+    slot_bytes: int = _f(0, "bytes per slot; 0 = the largest frame the protocol allows for max_samples "
+                         "samples (1024-byte header, explicit m/z axis, float64 samples)", min=0)
     max_samples: int = _f(65536, "largest scan (samples) the ring must hold", min=1)
     policy: str = _f("auto", "when the ring is full: drop-oldest (acquisition never waits), block "
                      "(acquisition waits for DSP; a live device may overrun), or auto: block for "
@@ -46,9 +47,9 @@ class RingConfig:
                      choices=("auto", "drop-oldest", "block"))
 
     def resolved_slot_bytes(self) -> int:
-        from instrument.frames import FRAME_OVERHEAD
+        from instrument.ring import slot_bytes_for
 
-        return self.slot_bytes or FRAME_OVERHEAD + 4 * self.max_samples
+        return self.slot_bytes or slot_bytes_for(self.max_samples)
 
 
 @dataclass

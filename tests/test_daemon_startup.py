@@ -195,3 +195,12 @@ def test_a_second_daemon_on_the_same_serial_port_refuses_to_start(tmp_path):
         os.close(master)
         os.close(slave)
     assert code == 0, err
+
+
+def test_record_on_a_held_serial_port_refuses_to_start(tmp_path, held_pty):
+    proc = _start(["record", "--source", f"serial://{held_pty}", "--out", "busy.isc", "--duration", "5s"], tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err, err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and f"serial port {held_pty} is in use by another process (pid {os.getpid()})" in errors[0], err

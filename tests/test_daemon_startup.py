@@ -203,4 +203,5 @@ def test_record_on_a_held_serial_port_refuses_to_start(tmp_path, held_pty):
     assert proc.returncode == 2, err
     assert "Traceback" not in err, err
     errors = _error_lines(err)
-    assert len(errors) == 1 and f"serial port {held_pty} is in use by another process (pid {os.getpid()})" in errors[0], err
+    assert len(errors) == 1, err
+    assert f"serial port {held_pty} is in use by another process (pid {os.getpid()})" in errors[0], err

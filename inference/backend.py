@@ -188,7 +188,9 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "fp32", max_
     if backend == "tensorrt":
         ok, why = tensorrt_available()
         if not ok:
-            raise BackendUnavailable(f"backend tensorrt: {why}")
+            raise BackendUnavailable(f"backend tensorrt: {why}; install the gpu extra (pip install "
+                                     "'ionstream[gpu]': TensorRT, pycuda) on a machine with an NVIDIA GPU, "
+                                     "or use --backend auto (falls back to ONNX Runtime) or onnxruntime")
         return _open_tensorrt(bundle, onnx_path, precision, max_batch, options)
     return _open_onnxruntime(bundle, onnx_path, precision, max_batch, options)
 

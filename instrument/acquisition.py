@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from instrument.frames import FRAME_OVERHEAD, FrameDecoder
-from instrument.ring import RingBuffer
-from instrument.sources.base import EndOfSource, Source, SourceDisconnected, SourceUnavailable
+from instrument.frames import FrameDecoder
+from instrument.ring import DropLog, RingBuffer
+from instrument.sources.base import EndOfSource, Source, SourceBusy, SourceDisconnected, SourceUnavailable
 
 log = logging.getLogger("ionstream.acquisition")
 
@@ -43,25 +43,38 @@ class AcquisitionThread:
                  close_ring_at_end: bool = True, name: str = "acquisition"):
         self.source = source
         self.ring = ring
-        # A frame whose payload passes the decoder must also fit a ring slot.
-        self.decoder = FrameDecoder(max_payload_size=ring.slot_bytes - FRAME_OVERHEAD)
+        # Every frame the protocol allows is decoded, whatever the ring's slot size: what fits a
+        # slot goes to every reader, a larger one to the recorder only (ring.py), so what was
+        # received is recorded whatever the ring does.
+        self.decoder = FrameDecoder()
+        self.drop_log = DropLog(ring)
         self.stats = AcquisitionStats()
         self._read_buffer = bytearray(read_size)
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._close_ring_at_end = close_ring_at_end
         self._stop = threading.Event()
-        self._started = threading.Event()
+        self._started = threading.Event()     # set once the first open of the source was tried
+        self._start_error: SourceBusy | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ---- lifecycle -------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "AcquisitionThread":
+        """Start the thread; return once it has tried to open the source (``timeout`` s at most).
+
+        A source that is busy at start-up (SourceBusy: another process holds the port) is a
+        start-up error, raised here; the thread has then ended and closed the ring. A source
+        that is merely absent (unplugged) is retried in the background, as after a disconnect.
+        """
         self._thread.start()
         if not self._started.wait(timeout):
             raise RuntimeError(f"acquisition thread for {self.source.url.text} did not start in {timeout} s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            raise self._start_error
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to stop, wait up to ``timeout`` s for it, then close the ring."""
+        """Ask the thread to stop and wait up to ``timeout`` s for it (safe before start())."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -69,7 +82,9 @@ class AcquisitionThread:
             log.error("acquisition thread did not stop within %.1f s (source %s)", timeout, self.source.url.text)
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        """Wait for the thread to end (returns at once if it never started)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:
@@ -86,7 +101,6 @@ class AcquisitionThread:
 
     # ---- the loop ----------------------------------------------------------------
     def _run(self) -> None:
-        self._started.set()
         try:
             self._loop()
         except Exception as exc:  # a bug, not an I/O failure: report it once, loudly
@@ -96,6 +110,8 @@ class AcquisitionThread:
             self._close_source()
             if self._close_ring_at_end:
                 self.ring.close()
+            self.drop_log.flush()
+            self._started.set()  # start() never waits for a thread that has ended
 
     def _loop(self) -> None:
         view = memoryview(self._read_buffer)
@@ -107,6 +123,10 @@ class AcquisitionThread:
                 try:
                     source.open()
                 except SourceUnavailable as exc:
+                    if isinstance(exc, SourceBusy) and not self._started.is_set():
+                        self._start_error = exc  # start() raises it: another process has the device
+                        return                   # (_run's finally wakes start())
+                    self._started.set()
                     stats.open_failures += 1
                     if lost_since is None:
                         lost_since = time.monotonic()
@@ -114,6 +134,7 @@ class AcquisitionThread:
                     stop.wait(delay)
                     delay = min(delay * 2, self._backoff[1])
                     continue
+                self._started.set()
                 stats.connected = True
                 delay = self._backoff[0]
                 if lost_since is not None:
@@ -145,6 +166,7 @@ class AcquisitionThread:
             for frame in decoder.feed(view[:n]):
                 stats.frames += 1
                 ring.put(frame.header, frame.raw, host_time_ns, stop)
+            self.drop_log.check()
 
     def _close_source(self) -> None:
         try:

@@ -30,7 +30,7 @@ class Recorder:
         # releases (under ring.policy "block" that would stop acquisition for good).
         self._writer = CaptureWriter(self.path, description, fsync_interval_s=fsync_interval_s,
                                      compress=compress, exclusive=True)
-        self._reader = ring.add_reader(f"recorder:{self.path.name}")
+        self._reader = ring.add_reader(f"recorder:{self.path.name}", oversize=True)  # records every frame
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self.frames = 0

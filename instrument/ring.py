@@ -26,20 +26,47 @@ free-threaded (no-GIL) build without adding memory barriers or a lock.
   producer sees ``k`` held and drops the *incoming* frame instead (counted as
   ``dropped_busy``). A slot a reader holds is therefore never overwritten under it.
   In the rare interleaving where both back off, both drops are counted.
+
+Oversize frames
+---------------
+Slots are sized for the largest frame the protocol allows at the configured scan size
+(:func:`slot_bytes_for`). A valid frame that is still bigger (more samples than configured)
+cannot go into a slot and is not processed (``dropped_oversize``), but what was received is
+still recorded: if a reader asked for oversize frames (``add_reader(..., oversize=True)``,
+the capture recorder), the producer puts the frame in its place in the ring, in a buffer
+allocated for it; such buffers hold at most ``oversize_bytes`` together (beyond that it
+counts ``oversize_not_kept``). Other readers skip that ring index without seeing it. The
+producer frees the buffer once every oversize reader has moved past it (or when it
+overwrites the slot), so the budget only runs out while the recorder lags behind.
 """
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from instrument.frames import HEADER_SIZE, AxisKind, FrameHeader, FrameType
+from instrument.frames import HEADER_SIZE, MAX_HEADER_SIZE, TRAILER_SIZE, AxisKind, FrameHeader, FrameType
+
+log = logging.getLogger("ionstream.ring")
 
 _WRITING = -1
 _EMPTY = -2
+
+
+def slot_bytes_for(max_samples: int) -> int:
+    """Bytes of the largest valid SCAN frame with ``max_samples`` samples (docs/protocol.md):
+    the longest header a version 1 decoder accepts (MAX_HEADER_SIZE, 1024 bytes), an explicit
+    float64 m/z axis and float64 samples (16 bytes a sample), and the payload CRC. Slots of this
+    size hold every frame of up to ``max_samples`` samples, whatever its header length, sample
+    type or axis kind. Memory is committed only as far as frames fill a slot: 256 slots for
+    65,536 samples reserve 256 MiB of address space, but 16-bit TOF scans touch 128 KiB each.
+    """
+    return MAX_HEADER_SIZE + 16 * max_samples + TRAILER_SIZE
 
 
 class OverflowPolicy(str, enum.Enum):
@@ -50,7 +77,7 @@ class OverflowPolicy(str, enum.Enum):
 class Slot:
     """One preallocated frame slot. Valid for a reader between get() and release()."""
 
-    __slots__ = ("index", "stamp", "raw", "nbytes", "header", "host_time_ns")
+    __slots__ = ("index", "stamp", "raw", "own_raw", "oversize", "nbytes", "header", "host_time_ns")
 
     def __init__(self, index: int, slot_bytes: int):
         self.index = index
@@ -58,7 +85,9 @@ class Slot:
         # 64-byte aligned so the payload (at HEADER_SIZE = 80) is 16-byte aligned for SIMD.
         buf = np.empty(slot_bytes + 64, dtype=np.uint8)
         offset = (-buf.ctypes.data) % 64
-        self.raw = buf[offset:offset + slot_bytes]
+        self.own_raw = buf[offset:offset + slot_bytes]
+        self.raw = self.own_raw     # or, while ``oversize``, a buffer allocated for one frame
+        self.oversize = False       # holds a frame larger than a slot: only oversize readers see it
         self.nbytes = 0
         self.header: FrameHeader | None = None
         self.host_time_ns = 0
@@ -99,7 +128,10 @@ class RingStats:
 
     written: int = 0
     dropped_busy: int = 0       # drop-oldest: incoming frame dropped because its slot was held
-    dropped_oversize: int = 0   # frame larger than a slot
+    dropped_oversize: int = 0   # frame larger than a slot: not processed (see oversize_kept)
+    oversize_kept: int = 0      # of those, handed to the oversize readers (the recorder)
+    oversize_not_kept: int = 0  # of those, lost to the oversize readers too (side buffers full)
+    last_oversize_bytes: int = 0  # size of the latest oversize frame (bytes)
     dropped_closed: int = 0     # put() after close() or while stopping
     blocked_s: float = 0.0      # block policy: seconds the producer waited for space
 
@@ -107,9 +139,10 @@ class RingStats:
 class RingReader:
     """One consumer's cursor. Only the owning thread may call get()/release()."""
 
-    def __init__(self, ring: "RingBuffer", name: str):
+    def __init__(self, ring: "RingBuffer", name: str, oversize: bool = False):
         self.ring = ring
         self.name = name
+        self.oversize = oversize  # also gets frames larger than a slot (the recorder)
         self._cursor = ring._head  # a new reader starts at the present
         self._held: int | None = None
         self._ready = threading.Event()
@@ -135,6 +168,9 @@ class RingReader:
                 slot = ring._slots[k % ring.capacity]
                 self._held = k
                 if slot.stamp == k:
+                    if slot.oversize and not self.oversize:
+                        self._skip_oversize(k)  # not for this reader: it was counted as dropped_oversize
+                        continue
                     return slot
                 # Overwritten (drop-oldest) or being overwritten: skip to the oldest still present.
                 self._held = None
@@ -151,6 +187,12 @@ class RingReader:
             if remaining is not None and remaining <= 0:
                 return None
             self._ready.wait(remaining)
+
+    def _skip_oversize(self, k: int) -> None:
+        self._held = None
+        self._cursor = k + 1
+        if self.ring._producer_waiting:
+            self.ring._space.set()
 
     def release(self) -> None:
         """Give the held slot back to the producer."""
@@ -171,13 +213,21 @@ class RingBuffer:
     """Preallocated frame ring. One producer thread; readers via add_reader()."""
 
     def __init__(self, slots: int = 256, slot_bytes: int = 1 << 18,
-                 policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST):
+                 policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST, *,
+                 oversize_bytes: int | None = None):
+        """``slots`` frames of up to ``slot_bytes`` bytes each, preallocated. Larger frames go to
+        oversize readers only, in buffers of at most ``oversize_bytes`` together (bytes; default
+        8 x ``slot_bytes``)."""
         if slots < 2:
             raise ValueError(f"ring slots must be >= 2, got {slots}")
         if slot_bytes < HEADER_SIZE + 4:
             raise ValueError(f"ring slot_bytes must hold at least a frame header, got {slot_bytes}")
+        if oversize_bytes is not None and oversize_bytes < 0:
+            raise ValueError(f"ring oversize_bytes must be >= 0, got {oversize_bytes}")
         self.capacity = slots
         self.slot_bytes = slot_bytes
+        self.oversize_bytes = 8 * slot_bytes if oversize_bytes is None else oversize_bytes
+        self._side: list[Slot] = []  # slots holding an oversize frame's own buffer (producer only)
         self.policy = OverflowPolicy(policy)
         self._slots = [Slot(i, slot_bytes) for i in range(slots)]
         self._head = 0
@@ -188,8 +238,10 @@ class RingBuffer:
         self.stats = RingStats()
 
     # ---- readers -------------------------------------------------------------
-    def add_reader(self, name: str) -> RingReader:
-        reader = RingReader(self, name)
+    def add_reader(self, name: str, *, oversize: bool = False) -> RingReader:
+        """A new cursor starting at the present. ``oversize``: also get frames larger than a
+        slot (the recorder: whatever was received is recorded); others never see them."""
+        reader = RingReader(self, name, oversize)
         self._readers = self._readers + (reader,)  # replaced whole: the producer iterates a snapshot
         return reader
 
@@ -208,17 +260,21 @@ class RingBuffer:
     # ---- producer ------------------------------------------------------------
     def put(self, header: FrameHeader, frame: memoryview | bytes, host_time_ns: int,
             stop: threading.Event | None = None) -> bool:
-        """Copy one raw frame into the next slot. Returns False if it was dropped (counted).
+        """Copy one raw frame into the next slot. Returns False if no reader will get it (counted).
 
         Under the block policy it waits for space, giving up when ``stop`` is set or the
-        ring is closed. Never allocates: the frame is copied into a preallocated slot.
+        ring is closed. Never allocates, except for a frame larger than a slot kept for the
+        oversize readers (see the module docstring); such a frame counts in
+        ``dropped_oversize`` (not processed) even when it is kept (True).
         """
         nbytes = len(frame)
-        if nbytes > self.slot_bytes:
-            self.stats.dropped_oversize += 1
-            return False
         if self._closed:
             self.stats.dropped_closed += 1
+            return False
+        if self._side:
+            self._free_side_buffers()
+        oversize = nbytes > self.slot_bytes
+        if oversize and not self._keep_oversize(nbytes):
             return False
         h = self._head
         slot = self._slots[h % self.capacity]
@@ -236,6 +292,8 @@ class RingBuffer:
                     self.stats.dropped_busy += 1
                     return False
         slot.stamp = _WRITING
+        if slot.oversize or oversize:
+            self._reuse_for(slot, nbytes if oversize else 0)
         slot.raw[:nbytes] = np.frombuffer(frame, dtype=np.uint8)
         slot.nbytes = nbytes
         slot.header = header
@@ -246,6 +304,39 @@ class RingBuffer:
         for r in readers:
             r._ready.set()
         return True
+
+    # ---- oversize frames (producer only) ------------------------------------------------
+    def _keep_oversize(self, nbytes: int) -> bool:
+        """Count a frame larger than a slot; True if it is to be kept for the oversize readers."""
+        stats = self.stats
+        stats.dropped_oversize += 1
+        stats.last_oversize_bytes = nbytes
+        if not any(r.oversize for r in self._readers):
+            return False  # nobody records: it is simply not processed
+        if sum(slot.raw.nbytes for slot in self._side) + nbytes > self.oversize_bytes:
+            stats.oversize_not_kept += 1
+            return False
+        stats.oversize_kept += 1
+        return True
+
+    def _free_side_buffers(self) -> None:
+        """Give back the buffers of oversize frames every oversize reader has moved past."""
+        if not self._side:
+            return
+        floor = min((r._cursor for r in self._readers if r.oversize), default=self._head)
+        for slot in [s for s in self._side if s.stamp < floor]:
+            # The slot stays marked oversize: a slower ordinary reader must still skip it.
+            slot.raw, slot.nbytes = slot.own_raw, 0
+            self._side.remove(slot)
+
+    def _reuse_for(self, slot: Slot, oversize_bytes: int) -> None:
+        """Before writing ``slot`` (stamped WRITING): drop its oversize buffer, or give it one."""
+        if slot in self._side:
+            self._side.remove(slot)
+        slot.raw = np.empty(oversize_bytes, np.uint8) if oversize_bytes else slot.own_raw
+        slot.oversize = oversize_bytes > 0
+        if slot.oversize:
+            self._side.append(slot)
 
     def _wait_for_space(self, h: int, stop: threading.Event | None) -> bool:
         start = time.monotonic()
@@ -281,3 +372,72 @@ class RingBuffer:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class DropLog:
+    """Logs a ring's drops at WARNING, rate-limited: the first drop of each class at once, then
+    at most one line per class every ``interval_s`` seconds, with the count since its last line.
+
+    Classes: ``oversize`` (frames larger than a slot: not processed; says whether they were kept
+    for the recorder), ``oversize_not_kept`` (not recorded either), ``busy`` (drop-oldest: the
+    incoming frame's slot was held), ``overwritten`` (drop-oldest: frames a reader had not read
+    yet, per reader), ``closed`` (frames that came while stopping). The owner (the acquisition
+    thread) calls :meth:`check` after each batch of frames and :meth:`flush` when it ends; it
+    only compares a few counters unless something changed.
+    """
+
+    CLASSES = ("oversize", "oversize_not_kept", "busy", "overwritten", "closed")
+
+    def __init__(self, ring: RingBuffer, *, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, logger: logging.Logger = log):
+        self.ring = ring
+        self.interval_s = interval_s
+        self._clock = clock
+        self._log = logger
+        self._logged = dict.fromkeys(self.CLASSES, 0)              # totals at the last line
+        self._last_line = dict.fromkeys(self.CLASSES, float("-inf"))  # when that line was written (s)
+        self.lines = 0
+
+    def _totals(self) -> dict[str, int]:
+        st = self.ring.stats
+        return {"oversize": st.dropped_oversize, "oversize_not_kept": st.oversize_not_kept,
+                "busy": st.dropped_busy, "overwritten": self._overwritten(), "closed": st.dropped_closed}
+
+    def _overwritten(self) -> int:
+        # Every reader sees every frame, so readers that fell behind together (the DSP workers)
+        # lost the same frames: the largest count is the number of frames lost.
+        return max((r.dropped for r in self.ring._readers), default=self._logged["overwritten"])
+
+    def check(self, *, final: bool = False) -> None:
+        """Write the lines that are due (``final``: every pending count, whatever the interval)."""
+        now = self._clock()
+        for name, total in self._totals().items():
+            logged = self._logged[name]
+            if total <= logged:
+                self._logged[name] = total  # a reader that went away took its count with it
+                continue
+            first = logged == 0
+            if first or final or now - self._last_line[name] >= self.interval_s:
+                self._write(name, total - logged, total, first, now - self._last_line[name])
+                self._logged[name] = total
+                self._last_line[name] = now
+
+    def flush(self) -> None:
+        self.check(final=True)
+
+    def _write(self, name: str, new: int, total: int, first: bool, since_s: float) -> None:
+        ring, st = self.ring, self.ring.stats
+        what = {
+            "oversize": (f"frame(s) larger than a ring slot not processed (latest {st.last_oversize_bytes} bytes, "
+                         f"a slot holds {ring.slot_bytes}; kept for the capture recorder: {st.oversize_kept} of "
+                         f"{st.dropped_oversize}): the instrument sends more samples than ring.max_samples"),
+            "oversize_not_kept": ("oversize frame(s) not recorded either: the recorder lags, and frames waiting "
+                                  f"for it beyond a slot's size already hold the {ring.oversize_bytes} bytes allowed"),
+            "busy": "frame(s) dropped on arrival: their ring slot was still being read (ring.policy drop-oldest)",
+            "overwritten": ("frame(s) overwritten before a reader got them (ring.policy drop-oldest): "
+                            + ", ".join(f"{r.name} {r.dropped}" for r in ring._readers if r.dropped)),
+            "closed": "frame(s) arrived while the ring was closing",
+        }[name]
+        when = "" if first else f" in the last {since_s:.0f} s"
+        self._log.warning("ring: %d %s%s (%d in total)", new, what, when, total)
+        self.lines += 1

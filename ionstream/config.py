@@ -38,7 +38,8 @@ class SourceConfig:
 @dataclass
 class RingConfig:
     slots: int = _f(256, "frame slots preallocated in the ring buffer", min=2)
-    slot_bytes: int = _f(0, "bytes per slot; 0 = enough for max_samples float32 samples", min=0)
+    slot_bytes: int = _f(0, "bytes per slot; 0 = the largest frame the protocol allows for max_samples "
+                         "samples (1024-byte header, explicit m/z axis, float64 samples)", min=0)
     max_samples: int = _f(65536, "largest scan (samples) the ring must hold", min=1)
     policy: str = _f("auto", "when the ring is full: drop-oldest (acquisition never waits), block "
                      "(acquisition waits for DSP; a live device may overrun), or auto: block for "
@@ -46,9 +47,9 @@ class RingConfig:
                      choices=("auto", "drop-oldest", "block"))
 
     def resolved_slot_bytes(self) -> int:
-        from instrument.frames import FRAME_OVERHEAD
+        from instrument.ring import slot_bytes_for
 
-        return self.slot_bytes or FRAME_OVERHEAD + 4 * self.max_samples
+        return self.slot_bytes or slot_bytes_for(self.max_samples)
 
 
 @dataclass
@@ -269,7 +270,13 @@ def _source_problems(url: str) -> list[str]:
 
 
 def endpoint_problems(config: Config) -> list[str]:
-    """Ports already in use on the configured TCP endpoints (checked at start-up, not in `check`)."""
+    """Ports already in use on the configured TCP endpoints (checked at start-up, not in `check`).
+
+    The test bind sets SO_REUSEADDR, as libzmq does for its own listeners: a port whose only
+    users are connections in TIME_WAIT (left for ~60 s by a daemon that stopped while a
+    subscriber was connected) is free for ZeroMQ, so it is free here too; a port another
+    process listens on is still refused.
+    """
     problems = []
     for key in ("endpoint", "control"):
         endpoint = getattr(config.publish, key)
@@ -279,6 +286,7 @@ def endpoint_problems(config: Config) -> list[str]:
         if not port.isdigit() or port == "0":
             continue
         with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host.strip("[]").replace("*", "0.0.0.0"), int(port)))
             except OSError as exc:

@@ -72,6 +72,8 @@ class Daemon:
             self.pipeline.start_acquisition()
         except Exception as exc:
             log.error("not started: %s", exc)
+            if self.control is not None:
+                self.control.stop()
             self.pipeline.stop(drain_timeout_s=1.0)
             return EXIT_CONFIG
         return None

@@ -31,7 +31,9 @@ class ProcessedScan:
     tic: float                             # total ion current (counts, baseline removed)
     xic: np.ndarray                        # one value per configured m/z window (counts, float64)
     features: np.ndarray | None            # classifier input (float32), or None without a model
-    spectrum: tuple[np.ndarray, np.ndarray, Callable[[], None]] | None = None  # (mz, intensity, release)
+    # (mz, intensity, release): pooled or read-only arrays, never views of a ring slot; call
+    # release (or hand it to Publisher.publish) once they are no longer needed.
+    spectrum: tuple[np.ndarray, np.ndarray, Callable[[], None]] | None = None
     ms_level: int = 1
     polarity: str = "positive"
     skipped: str = ""                      # why the DSP could not analyse the scan ("" = analysed; dsp.processor)
@@ -82,14 +84,37 @@ class ScanWork:
         features = None if self._features is None or result.skipped else self._features(axis, samples)
         spectrum = None
         if self._spectrum_pool is not None and len(samples) <= self._spectrum_pool.shape[0]:
-            processed = result.intensity
-            buf, release = self._spectrum_pool.acquire()
-            out = buf[: len(processed)]
-            out[:] = processed
-            spectrum = (axis, out, release)
+            spectrum = self._spectrum(axis, result.intensity, explicit=mz is not None)
         # result.xic is a fresh float64 array for each scan (not a processor buffer): no copy.
         return ProcessedScan(peaks, float(result.tic), result.xic, features, spectrum, h.ms_level,
                              h.polarity.name.lower(), result.skipped)
+
+
+    def _spectrum(self, axis: np.ndarray, processed: np.ndarray, *,
+                  explicit: bool) -> tuple[np.ndarray, np.ndarray, Callable[[], None]]:
+        """(mz, intensity, release) for the ``spectrum`` topic, every array safe to send zero-copy.
+
+        The intensity (counts) goes into a pooled float32 buffer. A TOF axis (m/z) is the
+        calibration cache's read-only array, shared as it is. An explicit axis is a view of the
+        ring slot, which the producer reuses as soon as the DSP worker releases the slot, while
+        the message may wait in the publisher's and ZeroMQ's queues much longer: it is copied
+        into a pooled float64 buffer that ``release`` returns together with the intensity's.
+        """
+        pool = self._spectrum_pool
+        buf, release = pool.acquire()
+        out = buf[: len(processed)]
+        out[:] = processed
+        if not explicit:
+            return axis, out, release
+        axis_buf, axis_release = pool.companion(np.float64).acquire()
+        owned_axis = axis_buf[: len(axis)]
+        owned_axis[:] = axis
+
+        def release_both() -> None:
+            release()
+            axis_release()
+
+        return owned_axis, out, release_both
 
 
 class TraceEvents:

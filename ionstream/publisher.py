@@ -43,6 +43,12 @@ if the message was dropped or had no zero-copy arrays. The caller must not write
 arrays before then. :class:`BufferPool` does this bookkeeping. A caller whose arrays are
 fresh for each message passes no ``release``: nothing else is needed.
 
+Without ``release`` a large array goes zero-copy only if nothing else can write its memory
+(:func:`owns_its_memory`: it owns its data, or it views read-only memory); a view of
+someone's writable buffer (a ring slot, say) is copied instead, counted in
+``pub_guard_copies`` and logged at DEBUG, so a forgotten ``release`` costs a copy, never
+corrupted data. With ``release`` the caller vouches for every array of the message.
+
 Why this split (docs/wire.md § 12 has the figures): a tracked zero-copy frame costs a round
 trip through pyzmq's garbage-collector thread, 15-20 us, against 2-3 us to copy a
 1.6 KiB peak list; a 256-512 KiB spectrum costs 180-390 us to copy (a fresh allocation and
@@ -146,6 +152,7 @@ class Publisher:
         self.send_errors = 0
         self.zero_copy_arrays = 0
         self.copied_arrays = 0
+        self.guard_copies = 0     # large arrays copied because they were views without a release
         self._per_topic: dict[str, list[int]] = {}  # topic -> [published, dropped]
         self._pending: deque[tuple[zmq.MessageTracker, Callable[[], None]]] = deque()
         self.release_errors = 0
@@ -249,6 +256,13 @@ class Publisher:
                 parts.append(wire_array)  # already a private copy (made contiguous / little-endian)
             elif wire_array.nbytes < threshold:
                 parts.append(wire_array.tobytes())  # small: copy now, the caller may reuse it at once
+            elif release is None and not owns_its_memory(wire_array):
+                # No release, so nothing tells the caller when the memory may change: a view of a
+                # buffer someone reuses (a ring slot, a pool) would be read after it changed.
+                parts.append(np.array(wire_array, copy=True))  # a private copy, like the case above
+                self.guard_copies += 1
+                log.debug("%s: a %d-byte array is a view of memory the caller does not own and no "
+                          "release was given; copied (%d so far)", topic, wire_array.nbytes, self.guard_copies)
             else:
                 parts.append(wire_array)  # zero-copy: kept alive (and unwritten, see release) until sent
                 zero_copy += 1
@@ -296,6 +310,7 @@ class Publisher:
             "pub_sndhwm": self.sndhwm,
             "pub_zero_copy_arrays": self.zero_copy_arrays,
             "pub_copied_arrays": self.copied_arrays,
+            "pub_guard_copies": self.guard_copies,
             "pub_pending_release": len(self._pending),
             "pub_subscriptions": subscriptions,
             "pub_per_topic": {t: {"published": c[0], "dropped": c[1]} for t, c in self._per_topic.items()},
@@ -486,6 +501,22 @@ def close_and_wait(sock: zmq.Socket, timeout_ms: int) -> None:
         monitor.close(0)
 
 
+def owns_its_memory(array: np.ndarray) -> bool:
+    """True if nothing but ``array`` itself can write its memory, so a zero-copy send is safe
+    without a ``release``: it owns its data (a fresh array), or it views read-only memory (a
+    read-only array, ``bytes``). A view of a writable array (a ring slot, a pooled or reused
+    buffer, a slice of anything) is False: its owner may write it while ZeroMQ still reads it.
+    """
+    if array.flags.owndata:
+        return True
+    base = array.base
+    while isinstance(base, np.ndarray):
+        if base.base is None:
+            return not base.flags.writeable
+        base = base.base
+    return isinstance(base, bytes)
+
+
 class BufferPool:
     """Preallocated arrays for zero-copy publishing, recycled when the publisher releases them.
 
@@ -507,17 +538,33 @@ class BufferPool:
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
         self.dtype = np.dtype(dtype)
         self.count = count
-        self._free: deque[np.ndarray] = deque(np.zeros(self.shape, self.dtype) for _ in range(count))
+        self._free: list[np.ndarray] = [np.zeros(self.shape, self.dtype) for _ in range(count)]
         self._lock = threading.Lock()
+        self._companions: dict[np.dtype, BufferPool] = {}
         self.misses = 0
         self.in_use = 0
+
+    def companion(self, dtype: Any) -> "BufferPool":
+        """A pool of the same shape and count for ``dtype``, made on first use and then shared.
+
+        For a second array that travels with this pool's (an explicit m/z axis next to the
+        intensities): every thread using this pool gets the same companion.
+        """
+        dtype = np.dtype(dtype)
+        with self._lock:
+            pool = self._companions.get(dtype)
+            if pool is None:
+                pool = self._companions[dtype] = BufferPool(self.shape, dtype, self.count)
+        return pool
 
     def acquire(self) -> tuple[np.ndarray, Callable[[], None]]:
         """(array, release): write the array, pass ``release`` to ``publish``."""
         with self._lock:
             self.in_use += 1
             if self._free:
-                array = self._free.popleft()
+                # Last released, first reused: while the pool is not exhausted only a few of its
+                # arrays are ever written, so the rest never become resident memory.
+                array = self._free.pop()
             else:
                 self.misses += 1
                 array = None

@@ -99,9 +99,10 @@ class DspWorkers:
         self._stop.set()
 
     def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every worker; True if none is alive (also before start())."""
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            if t.ident is not None:
+            if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
         return not self.alive
 
@@ -228,7 +229,8 @@ class Sequencer:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        if self._thread.ident is not None:
+        """Wait up to ``timeout`` s; True if the thread is not alive (also before start())."""
+        if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
 

@@ -5,6 +5,7 @@ the decoder and the ring. Simulated: the instrument (frames written by the test 
 and "unplug" (closing the master, after which the slave read fails with EIO, as a vanished
 USB-serial adapter does). "Replug" is a new pty behind the same udev-style symlink.
 """
+import fcntl
 import os
 import time
 import tty
@@ -16,6 +17,7 @@ from instrument.acquisition import AcquisitionThread
 from instrument.frames import encode_scan
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
+from instrument.sources.base import SourceBusy
 
 
 def _frames(first: int, count: int) -> bytes:
@@ -119,3 +121,53 @@ def test_missing_device_is_retried_not_fatal(tmp_path):
         assert acq.alive and acq.stats.error is None
     finally:
         acq.stop()
+
+
+def _hold(path: str) -> int:
+    """Take the port's lock as another process would (pyserial's exclusive=True: flock)."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_port_busy_at_start_up_is_a_start_error_naming_the_holder(link):
+    master = _new_pty(link)
+    holder = _hold(link)
+    ring = RingBuffer(slots=4, slot_bytes=1024)
+    acq = AcquisitionThread(open_source(f"serial://{link}"), ring)
+    try:
+        with pytest.raises(SourceBusy, match=rf"serial port .*ttyIS0 \(/dev/pts/\d+\) is in use by another "
+                                             rf"process \(pid {os.getpid()}\)"):
+            acq.start()
+        assert not acq.alive and ring.closed and acq.stats.open_failures == 0
+    finally:
+        acq.stop()
+        os.close(holder)
+        os.close(master)
+
+
+def test_a_port_busy_after_a_disconnect_is_retried_until_free(link):
+    master = _new_pty(link)
+    ring = RingBuffer(slots=256, slot_bytes=4096)
+    reader = ring.add_reader("test")
+    acq = AcquisitionThread(open_source(f"serial://{link}"), ring, backoff_initial_s=0.02,
+                            backoff_max_s=0.1).start()
+    holder = None
+    try:
+        assert _wait(lambda: acq.stats.connected)
+        os.close(master)                       # unplug ...
+        assert _wait(lambda: acq.stats.disconnects == 1)
+        master = _new_pty(link)                # ... replug, but something else grabbed the port first
+        holder = _hold(link)
+        assert _wait(lambda: acq.stats.open_failures >= 3), "a busy port after a loss is retried"
+        assert acq.alive and not acq.stats.connected
+        os.close(holder)
+        holder = None
+        assert _wait(lambda: acq.stats.reconnects == 1 and acq.stats.connected), "reopens once it is free"
+        os.write(master, _frames(0, 5))
+        assert _drain(reader, 5) == list(range(5))
+    finally:
+        acq.stop()
+        if holder is not None:
+            os.close(holder)
+        os.close(master)

@@ -7,7 +7,8 @@ lets the decoder be tested without threads or devices.
 
 Error contract (the acquisition thread relies on it):
 - ``open()`` raises SourceUnavailable when the device cannot be opened *now*
-  (missing, busy, unplugged); the thread retries with backoff.
+  (missing, unplugged); the thread retries with backoff. Its subclass SourceBusy says
+  another process holds the device: refused at start-up, retried after a disconnect.
 - ``readinto(buf)`` returns the number of bytes written into ``buf``; 0 means
   "no data yet" (a read timeout, ~0.1 s at most, so the thread can notice stop requests).
   It raises SourceDisconnected when the device vanished mid-stream (the thread closes,
@@ -28,6 +29,14 @@ class AcquisitionError(IOError):
 
 class SourceUnavailable(AcquisitionError):
     """The device cannot be opened now (missing, busy, no permission); retrying may help."""
+
+
+class SourceBusy(SourceUnavailable):
+    """Another process holds the device (a serial port locked by a second daemon, say).
+
+    At start-up this is an error, not something to wait out: the acquisition thread's start()
+    raises it. After a disconnect it is retried like any SourceUnavailable.
+    """
 
 
 class SourceDisconnected(AcquisitionError):

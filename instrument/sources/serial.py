@@ -6,14 +6,52 @@ what keeps working when an adapter is re-plugged and comes back as another ttyUS
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
 import serial
 
-from instrument.sources.base import Source, SourceDisconnected, SourceUnavailable, SourceURL
+from instrument.sources.base import Source, SourceBusy, SourceDisconnected, SourceUnavailable, SourceURL
 
 OPTIONS = {"baud", "timeout_s", "rtscts", "xonxoff"}
+
+# The port is held by another process: its flock (pyserial's exclusive=True: EWOULDBLOCK), or
+# its TIOCEXCL (open() fails with EBUSY).
+_BUSY_ERRNOS = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EBUSY}
+
+
+def _busy_message(path: str) -> str:
+    real = os.path.realpath(path)
+    where = path if real == path else f"{path} ({real})"
+    pids = lock_holders(real)
+    who = f"pid {', '.join(map(str, pids))}" if pids else "pid unknown"
+    return (f"serial port {where} is in use by another process ({who}); stop it (another ionstream "
+            "daemon?) or choose another port")
+
+
+def lock_holders(path: str, locks_file: str = "/proc/locks") -> list[int]:
+    """Process ids holding a flock on ``path`` (Linux /proc/locks; [] where unknown).
+
+    A pid from another PID namespace (a container) reads as that namespace's number or 0;
+    0 is left out.
+    """
+    try:
+        st = os.stat(path)
+        with open(locks_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    # /proc/locks: "1: FLOCK  ADVISORY  WRITE 4242 00:19:5 0 EOF" (major:minor in hex, inode).
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident and fields[4].isdigit():
+            pid = int(fields[4])
+            if pid and pid not in pids:
+                pids.append(pid)
+    return pids
 
 
 def create(url: SourceURL) -> "SerialSource":
@@ -45,6 +83,8 @@ class SerialSource(Source):
                 "install the udev rule in docs/operations.md"
             ) from None
         except (serial.SerialException, OSError) as exc:
+            if getattr(exc, "errno", None) in _BUSY_ERRNOS:
+                raise SourceBusy(_busy_message(self.path)) from None
             raise SourceUnavailable(f"cannot open {self.path}: {exc}") from None
 
     def readinto(self, buf: memoryview) -> int:

@@ -46,7 +46,7 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
     from instrument.acquisition import AcquisitionThread
     from instrument.recorder import Recorder
     from instrument.ring import RingBuffer
-    from instrument.sources import open_source
+    from instrument.sources import AcquisitionError, open_source
     from ionstream.statusline import StatusLine
 
     signals = SignalHandler()
@@ -66,7 +66,13 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
         return 2
     acquisition = AcquisitionThread(source, ring)
     recorder.start()
-    acquisition.start()
+    try:
+        acquisition.start()
+    except AcquisitionError as exc:  # the port is held by another process: a start-up error
+        log.error("not started: %s", exc)
+        ring.close()
+        recorder.stop()
+        return 2
     status = StatusLine(log_interval_s=config.status.log_interval_s)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:

@@ -432,6 +432,8 @@ class Pipeline:
             "dsp_restarts": self.dsp.restarts,
             "reorder_depth": self.sequencer.reorder_depth,
             "reorder_stalls": self.sequencer.stalled,
+            "ring_oversize_kept": ring.oversize_kept,
+            "ring_oversize_not_kept": ring.oversize_not_kept,
             **drops,
             "drops_total": sum(drops.values()),
             "latency_p50_ms": lat[50],

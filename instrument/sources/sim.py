@@ -10,6 +10,12 @@ sequence numbers, scan numbers and device times (and no more status frames). Ren
 64k-point spectrum costs more CPU than processing it; a real instrument does that work on its
 own hardware, so benchmarks of the pipeline at full speed use ``repeat`` to leave the host's
 cores to the pipeline.
+
+Pacing: scan frames follow a fixed deadline schedule (scan k is due k/rate s after the first),
+kept by the simulator's :class:`~instrument.simulator.Pacer`, the same one `ionstream simulate`
+uses, so ``rate=20`` gives 20.0 scans/s whatever the sleep jitter. STATUS frames are sent when
+due, unpaced (they are not scans). After a stall of more than 1 s the schedule restarts from
+now instead of bursting to catch up (``Pacer.slips`` counts it).
 """
 from __future__ import annotations
 
@@ -40,32 +46,36 @@ class SimSource(Source):
         self._frames = None
         self._simulator = None
         self._pending = memoryview(b"")
-        self._emitted = 0   # frames, for pacing (and the next frame's sequence number)
+        self._next: tuple[bytes | bytearray, bool] | None = None  # rendered, waiting for its deadline
+        self._pacer = None
+        self._emitted = 0   # frames (the next frame's sequence number)
         self._scans = 0     # scan frames, for count
-        self._t0 = 0.0
 
     def open(self) -> None:
-        from instrument.simulator import SimConfig, Simulator
+        from instrument.simulator import Pacer, SimConfig, Simulator
 
         if self._frames is None:  # a re-open continues the same run
             config = SimConfig(scan_rate_hz=self.rate_hz, n_samples=self.n_samples, seed=self.seed,
                                dtype=self.dtype)
             self._simulator = Simulator(config)
             self._frames = iter(self._simulator)
-            self._t0 = time.monotonic()
+            self._pacer = Pacer(self.rate_hz, clock=time.monotonic, sleep=time.sleep)
 
     def readinto(self, buf: memoryview) -> int:
         if not self._pending:
-            if self.count and self._scans >= self.count:
-                raise EndOfSource()
-            if self.rate_hz > 0:
-                due = self._t0 + self._emitted / self.rate_hz
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(min(wait, 0.1))
-                    if wait > 0.1:
+            if self._next is None:
+                if self.count and self._scans >= self.count:
+                    raise EndOfSource()
+                self._next = self._next_frame()
+            frame, is_scan = self._next
+            if is_scan:
+                delay = self._pacer.delay()
+                if delay > 0:  # wait in slices of <= 0.1 s: readinto must return that often
+                    time.sleep(min(delay, 0.1))
+                    if delay > 0.1:
                         return 0
-            frame, is_scan = self._next_frame()
+                self._pacer.tick()
+            self._next = None
             self._pending = memoryview(frame)
             self._emitted += 1
             self._scans += is_scan

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from instrument.sources.base import EndOfSource, Source, SourceURL
+from instrument.sources.base import EndOfSource, Source, SourceConfigError, SourceURL
 
 OPTIONS = {"rate", "samples", "seed", "dtype", "count", "repeat"}
 
@@ -41,6 +41,7 @@ class SimSource(Source):
         self.dtype = url.option("dtype", "uint16", str)
         self.count = url.option("count", 0, int)
         self.repeat = url.option("repeat", 0, int)
+        self._check(url)
         self._stored: list[bytearray] = []   # the first `repeat` scan frames
         self.finite = self.count > 0
         self._frames = None
@@ -50,6 +51,22 @@ class SimSource(Source):
         self._pacer = None
         self._emitted = 0   # frames (the next frame's sequence number)
         self._scans = 0     # scan frames, for count
+
+    def _check(self, url: SourceURL) -> None:
+        """The values SimConfig would refuse at open(), refused here so `config check` finds them."""
+        from instrument.simulator import DTYPES
+
+        problems = []
+        if not self.rate_hz >= 0:
+            problems.append(f"rate={url.options['rate']} must be >= 0 (scans/s; 0 = as fast as possible)")
+        if self.n_samples < 16:
+            problems.append(f"samples={self.n_samples} must be >= 16")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype={self.dtype} must be one of {', '.join(DTYPES)}")
+        if self.count < 0 or self.repeat < 0:
+            problems.append("count and repeat must be >= 0")
+        if problems:
+            raise SourceConfigError(f"source {url.text!r}: " + "; ".join(problems))
 
     def open(self) -> None:
         from instrument.simulator import Pacer, SimConfig, Simulator

@@ -416,3 +416,21 @@ def example_toml() -> str:
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
+
+
+# ---- capture paths ------------------------------------------------------------------------
+def resolve_capture_path(path: str | os.PathLike, capture_dir: str | os.PathLike) -> Path:
+    """Where the daemon writes a capture it is asked for (``record start PATH``, ``--record``,
+    ``capture.record``).
+
+    One rule: a relative path, with or without directory parts, is relative to ``capture_dir``
+    (``run1.isc`` -> ``captures/run1.isc``, ``2024-05/run1.isc`` -> ``captures/2024-05/run1.isc``,
+    ``captures/run1.isc`` -> ``captures/captures/run1.isc``); an absolute path (``~`` expanded)
+    is used as given. The control client and the daemon need not share a working directory, so
+    the client's never matters. A relative ``capture_dir`` is relative to the daemon's working
+    directory. Pure: creates nothing.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return Path(capture_dir).expanduser() / p

@@ -1,5 +1,6 @@
 """Configuration validation: `config check` refuses exactly what start-up refuses (issue 15 item 1)."""
 import subprocess
+from pathlib import Path
 
 import pytest
 from support import IONSTREAM, free_port
@@ -116,3 +117,24 @@ class TestListsAndOptionalFields:
     def test_allow_remote_permits_any_address(self):
         config = from_dict({"publish": {"endpoint": "tcp://0.0.0.0:5556", "allow_remote": True}})
         assert config.publish.endpoint == "tcp://0.0.0.0:5556"
+
+
+class TestResolveCapturePath:
+    """Issue 15 item 3: one rule for relative capture paths."""
+
+    def test_plain_name_goes_under_capture_dir(self):
+        from ionstream.config import resolve_capture_path
+
+        assert resolve_capture_path("run1.isc", "captures") == Path("captures/run1.isc")
+
+    def test_directory_parts_also_go_under_capture_dir(self):
+        from ionstream.config import resolve_capture_path
+
+        assert resolve_capture_path("2024-05/run1.isc", "/data/caps") == Path("/data/caps/2024-05/run1.isc")
+        assert resolve_capture_path("captures/run1.isc", "captures") == Path("captures/captures/run1.isc")
+
+    def test_absolute_is_used_as_given(self, tmp_path):
+        from ionstream.config import resolve_capture_path
+
+        assert resolve_capture_path(tmp_path / "x.isc", "captures") == tmp_path / "x.isc"
+        assert resolve_capture_path("~/x.isc", "captures") == Path.home() / "x.isc"

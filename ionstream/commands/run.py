@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 
 from ionstream.commands.common import (  # noqa: F401  (SignalHandler, parse_duration: daemon.py, older imports)
     SignalHandler,
@@ -70,5 +71,15 @@ def main(args: argparse.Namespace) -> int:
                                              "(`ionstream config check FILE` checks a file)")
     from ionstream.daemon import Daemon
 
-    return Daemon(config, duration_s=args.duration,
-                  status_line=not args.no_status_line).run()
+    daemon = Daemon(config, status_line=not args.no_status_line)
+    if args.duration is None:
+        return daemon.run()
+    # --duration counts from start-up, a wait for subscribers included: a timer asks the
+    # daemon to stop, as a signal would (it ends the wait too). This function owns the timer.
+    timer = threading.Timer(args.duration, daemon.stop_requested.set)
+    timer.daemon = True
+    timer.start()
+    try:
+        return daemon.run()
+    finally:
+        timer.cancel()

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in _load_commands().items():
         p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP))
         module.add_arguments(p)
+        # -v/-q also after the command (`ionstream run -v`); SUPPRESS keeps the value given before it
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         p.set_defaults(_main=module.main)
     return parser
 

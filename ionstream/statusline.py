@@ -39,13 +39,14 @@ def status_fields(s: dict[str, Any]) -> list[tuple[int, str]]:
         (0, f"{s.get('state', 'running')}"),
         (0, f"{_num(s.get('scans_per_s', 0.0))} scans/s"),
         (7, f"{_num(s.get('MBps', 0.0), ' MB/s', 2)}"),
-        (9, f"peaks/scan {_num(s.get('peaks_per_scan', float('nan')))}"),
         (1, f"drops {s.get('drops_total', 0)}"),
         (5, f"crc {s.get('crc_errors', 0)}"),
         (8, f"resync {s.get('resyncs', 0)}"),
         (6, f"gaps {s.get('sequence_gaps', 0)}"),
         (3, f"ring {100 * s.get('ring_fill', 0.0):.0f}%"),
     ]
+    if "peaks_per_scan" in s:  # the daemon's; a standalone recorder picks no peaks
+        fields.insert(3, (9, f"peaks/scan {_num(s['peaks_per_scan'])}"))
     if "latency_p50_ms" in s:
         fields.append((4, f"lat p50/p99 {_num(s['latency_p50_ms'], '', 1)}/{_num(s.get('latency_p99_ms'), ' ms', 1)}"))
     if s.get("backend"):

@@ -642,6 +642,17 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _plain(value: Any) -> str:
+    """A value for a log line as words, not a Python repr: ``a 1, b [x y]``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labels: int = 8, curve=None,
                screenshot: str | None = None, after_s: float = 5.0, duration_s: float | None = None,
                size: tuple[int, int] | None = None) -> int:
@@ -665,8 +676,7 @@ def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labe
         state = view.plot_state()
         ok = view.screenshot(screenshot)
         has_data = state["spectrum_points"] or state["stick_points"]
-        log.info("screenshot %s: %s", screenshot,
-                 ", ".join(f"{k} {v}" for k, v in state.items() if k not in ("health", "peak_labels")))
+        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k != "health"}))
         result["code"] = 0 if ok and has_data else 1
         app.quit()
 

@@ -252,3 +252,29 @@ class TestSmaller:
         assert proc.returncode == 1
         assert text.startswith("ionstream status: no reply from tcp://127.0.0.1:"), text
         assert "ts=" not in text and "level=" not in text
+
+
+def test_sighup_reload_logs_no_python_repr(tmp_path):
+    """Item 8: SIGHUP's reload log lines are plain text (no dict repr, no True/False)."""
+    import selectors
+
+    pub, control = _endpoints()
+    proc = _start(["run", "--source", "sim://?rate=20&samples=1024", "--backend", "onnxruntime",
+                   "--endpoint", pub, "--control", control, "--log-format", "kv"], tmp_path)
+    lines: list[str] = []
+    try:
+        _wait_status(control)
+        proc.send_signal(signal.SIGHUP)
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while not any("model reloaded" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            if sel.select(timeout=0.5):
+                lines.append(proc.stderr.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    reloaded = [line for line in lines if "backend reloaded" in line]
+    assert reloaded and "{'" not in reloaded[0] and "True" not in reloaded[0], reloaded
+    assert "backend onnxruntime" in reloaded[0]

@@ -358,6 +358,7 @@ def test_cli_screenshot_against_a_publisher(tmp_path):
     finally:
         feeder.stop()
     assert r.returncode == 0, r.stderr
+    assert "screenshot shot.png: scan " in r.stderr and "{'" not in r.stderr  # plain text, no Python repr
     assert (tmp_path / "shot.png").stat().st_size > 10_000
     assert image_ink(tmp_path / "shot.png") > 10
 

@@ -401,7 +401,9 @@ class MicroBatcher:
             except Exception:
                 log.exception("closing the old classifier backend failed")
             self.backend_info = dict(new.describe())
-            log.info("classifier backend reloaded: %s", self.backend_info)
+            log.info("classifier backend reloaded: %s",  # "backend onnxruntime, precision fp32, ...", no repr
+                     ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}"
+                               for k, v in self.backend_info.items()))
         with self._cond:
             self._reload = None
         done.set()

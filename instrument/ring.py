@@ -77,7 +77,8 @@ class OverflowPolicy(str, enum.Enum):
 class Slot:
     """One preallocated frame slot. Valid for a reader between get() and release()."""
 
-    __slots__ = ("index", "stamp", "raw", "own_raw", "oversize", "nbytes", "header", "host_time_ns")
+    __slots__ = ("index", "stamp", "raw", "own_raw", "oversize", "nbytes", "header", "host_time_ns",
+                 "host_mono_ns")
 
     def __init__(self, index: int, slot_bytes: int):
         self.index = index
@@ -90,7 +91,8 @@ class Slot:
         self.oversize = False       # holds a frame larger than a slot: only oversize readers see it
         self.nbytes = 0
         self.header: FrameHeader | None = None
-        self.host_time_ns = 0
+        self.host_time_ns = 0       # wall clock (ns since the epoch): for headers and files
+        self.host_mono_ns = 0       # time.monotonic_ns() when stored: for latency (no NTP steps)
 
     @property
     def frame(self) -> memoryview:
@@ -298,6 +300,7 @@ class RingBuffer:
         slot.nbytes = nbytes
         slot.header = header
         slot.host_time_ns = host_time_ns
+        slot.host_mono_ns = time.monotonic_ns()
         slot.stamp = h
         self._head = h + 1
         self.stats.written += 1

@@ -195,10 +195,14 @@ class Pacer:
         self.slips = 0
         self._t0: float | None = None
 
-    def wait(self, stop=None) -> None:
-        """Sleep until the next tick (``stop``: an optional threading.Event that cuts the wait short)."""
+    def delay(self) -> float:
+        """Seconds until the next tick is due (<= 0: due now); restarts the schedule after a stall.
+
+        For callers that must not block for long (a source's ``readinto`` returns within
+        ~0.1 s): sleep a part of the delay, ask again, and call :meth:`tick` once it is <= 0.
+        """
         if self.rate_hz <= 0:
-            return
+            return 0.0
         now = self._clock()
         if self._t0 is None:
             self._t0 = now
@@ -206,10 +210,20 @@ class Pacer:
         if now - due > self.max_lag_s:
             self.slips += 1
             self._t0, self.ticks, due = now, 0, now
-        delay = due - now
+        return due - now
+
+    def tick(self) -> None:
+        """Count one tick as done (the next one is due 1/rate_hz s later on the schedule)."""
+        self.ticks += 1
+
+    def wait(self, stop=None) -> None:
+        """Sleep until the next tick (``stop``: an optional threading.Event that cuts the wait short)."""
+        if self.rate_hz <= 0:
+            return
+        delay = self.delay()
         if delay > 0:
             if stop is not None:
                 stop.wait(delay)
             else:
                 self._sleep(delay)
-        self.ticks += 1
+        self.tick()

@@ -7,9 +7,12 @@ was found and what is expected, before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +73,7 @@ class DspConfig:
     preset: str = _f("", "peak-picking defaults for an instrument kind: tof, orbitrap or fticr "
                      "(docs/dsp.md); empty = tof; smoothing, if set to other than savgol, wins",
                      choices=("", "tof", "orbitrap", "fticr"))
-    xic: list = _f([], "extracted-ion traces as [[mz_low, mz_high], ...] (m/z)")
+    xic: list[list[float]] = _f([], "extracted-ion traces as [[mz_low, mz_high], ...] (m/z)")
 
 
 @dataclass
@@ -83,7 +86,7 @@ class InferenceConfig:
     max_delay_ms: float = _f(0.0, "micro-batcher: longest a spectrum waits for company in its batch (ms); "
                              "0 = run whatever is queued as soon as the backend is free (batches still "
                              "grow under load, while the backend is busy)", min=0.0)
-    gpus: list = _f([0], "GPU indices for tensorrt (one engine per GPU)")
+    gpus: list[int] = _f([0], "GPU indices for tensorrt (one engine per GPU)", min=0)
     contexts_per_gpu: int = _f(2, "tensorrt execution contexts (CUDA streams) per GPU", min=1)
     engine_cache: str = _f("", "directory of cached TensorRT engines; empty = ~/.cache/ionstream/engines")
 
@@ -145,27 +148,77 @@ SECTIONS: dict[str, type] = {
 
 
 # ---- loading and validation ---------------------------------------------------------------
+# The schema is the dataclasses above: each field's annotation gives its type (int, float, str,
+# bool, list[T], T | None), its metadata the rules (choices, min, max; for a list, they apply to
+# every element). A hand-written checker rather than a schema library (msgspec, pydantic): it
+# reports every problem at once, in TOML spelling, and keeps the field docs that make
+# `config --example`; the rules are ~60 lines.
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a section class (they are strings under `from __future__`)."""
+    return typing.get_type_hints(cls)
+
+
+def toml_repr(value: Any) -> str:
+    """``value`` as TOML spells it (``true``, ``"text"``, ``[1, 2]``), for error messages."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_repr(v)}" for k, v in value.items()) + "}"
+    return _toml_value(value)
+
+
 def _type_name(t: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            list: "a list"}.get(t, str(t))
+    if typing.get_origin(t) is list:
+        return "a list"
+    if typing.get_origin(t) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(t) if a is not type(None))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
 
 
-def _check_value(key: str, value: Any, f: dataclasses.Field, problems: list[str]) -> Any:
-    # Field types are strings here (from __future__ import annotations).
-    expected = {"int": int, "float": float, "str": str, "bool": bool, "list": list}[f.type]
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        problems.append(f"{key}: expected {_type_name(expected)}, got {value!r}")
+def _check_type(key: str, value: Any, typ: Any, meta: typing.Mapping[str, Any], problems: list[str]) -> Any:
+    """``value`` converted to ``typ`` (an int where a float is expected becomes a float), with
+    the range and choice rules of ``meta`` applied to every scalar; None (and a problem
+    appended) when it does not fit."""
+    origin = typing.get_origin(typ)
+    if origin in (types.UnionType, typing.Union):  # T | None: TOML has no null, so the value must be a T
+        members = [a for a in typing.get_args(typ) if a is not type(None)]
+        for member in members:
+            trial: list[str] = []
+            checked = _check_type(key, value, member, meta, trial)
+            if not trial:
+                return checked
+        if len(members) == 1:
+            problems.extend(trial)
+        else:
+            problems.append(f"{key}: expected {_type_name(typ)}, got {toml_repr(value)}")
         return None
-    meta = f.metadata
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected {_type_name(typ)}, got {toml_repr(value)}")
+            return None
+        (element,) = typing.get_args(typ) or (Any,)
+        before = len(problems)
+        items = [_check_type(f"{key}[{i}]", v, element, meta, problems) for i, v in enumerate(value)]
+        return items if len(problems) == before else None
+    if typ is Any:
+        return value
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
+        problems.append(f"{key}: expected {_type_name(typ)}, got {toml_repr(value)}")
+        return None
     if "choices" in meta and value not in meta["choices"]:
-        problems.append(f"{key}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        problems.append(f"{key}: expected one of {', '.join(map(toml_repr, meta['choices']))}, "
+                        f"got {toml_repr(value)}")
     if "min" in meta and value < meta["min"]:
-        problems.append(f"{key}: must be >= {meta['min']}, got {value!r}")
+        problems.append(f"{key}: must be >= {meta['min']}, got {toml_repr(value)}")
     if "max" in meta and value > meta["max"]:
-        problems.append(f"{key}: must be <= {meta['max']}, got {value!r}")
+        problems.append(f"{key}: must be <= {meta['max']}, got {toml_repr(value)}")
     return value
+
+
+def _check_field(key: str, value: Any, cls: type, f: dataclasses.Field, problems: list[str]) -> Any:
+    return _check_type(key, value, _field_types(cls)[f.name], f.metadata, problems)
 
 
 def from_dict(doc: dict[str, Any], source: str = "configuration") -> Config:
@@ -177,7 +230,7 @@ def from_dict(doc: dict[str, Any], source: str = "configuration") -> Config:
             problems.append(f"{name}: unknown section; expected one of {', '.join(SECTIONS)}")
             continue
         if not isinstance(value, dict):
-            problems.append(f"{name}: expected a [{name}] table, got {value!r}")
+            problems.append(f"{name}: expected a [{name}] table, got {toml_repr(value)}")
             continue
         cls = SECTIONS[name]
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -186,8 +239,9 @@ def from_dict(doc: dict[str, Any], source: str = "configuration") -> Config:
             if key not in fields:
                 problems.append(f"{name}.{key}: unknown key; expected one of {', '.join(fields)}")
                 continue
-            checked = _check_value(f"{name}.{key}", v, fields[key], problems)
-            if checked is not None:
+            before = len(problems)
+            checked = _check_field(f"{name}.{key}", v, cls, fields[key], problems)
+            if len(problems) == before:
                 kwargs[key] = checked
         sections[name] = cls(**kwargs)
     config = Config(**sections)
@@ -222,8 +276,9 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
         section, key = dotted.split(".", 1)
         target = getattr(config, section)
         f = {f.name: f for f in dataclasses.fields(target)}[key]
-        checked = _check_value(dotted, value, f, problems)
-        if checked is not None:
+        before = len(problems)
+        checked = _check_field(dotted, value, type(target), f, problems)
+        if len(problems) == before:
             setattr(target, key, checked)
     problems += semantic_problems(config)
     if problems:
@@ -232,7 +287,13 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 
 
 def semantic_problems(config: Config) -> list[str]:
-    """Impossible combinations, found without starting anything."""
+    """Everything start-up refuses that can be found without starting anything: impossible
+    combinations, source URLs and their options, endpoints and bind rules.
+
+    ``config check`` and the daemon both run this (through :func:`from_dict` and
+    :func:`apply_overrides`), so a file that checks "ok" starts. Only what depends on the
+    moment (a port in use: :func:`endpoint_problems`) is left to start-up.
+    """
     from instrument.frames import FRAME_OVERHEAD
 
     problems = []
@@ -242,31 +303,78 @@ def semantic_problems(config: Config) -> list[str]:
             f"ring.slot_bytes: {ring.slot_bytes} bytes cannot hold a {ring.max_samples}-sample scan "
             f"(needs at least {FRAME_OVERHEAD + 2 * ring.max_samples} for uint16, "
             f"{FRAME_OVERHEAD + 4 * ring.max_samples} for float32); raise it or set 0 for automatic")
-    for i, window in enumerate(config.dsp.xic):
-        if (not isinstance(window, list) or len(window) != 2
-                or not all(isinstance(x, (int, float)) for x in window) or not window[0] < window[1]):
-            problems.append(f"dsp.xic[{i}]: expected [mz_low, mz_high] with mz_low < mz_high, got {window!r}")
+    for i, window in enumerate(config.dsp.xic):  # element types are checked by the schema
+        if len(window) != 2 or not window[0] < window[1]:
+            problems.append(f"dsp.xic[{i}]: expected [mz_low, mz_high] with mz_low < mz_high, "
+                            f"got {toml_repr(window)}")
     problems += _source_problems(config.source.url)
+    problems += bind_problems(config.publish)
     return problems
 
 
 def _source_problems(url: str) -> list[str]:
-    from instrument.sources import SCHEMES, SourceConfigError, SourceURL
+    """Build (not open) the source, as start-up does: scheme, options and their values."""
+    from instrument.sources import SourceConfigError, open_source
 
     try:
-        parsed = SourceURL.parse(url)
+        source = open_source(url)
     except SourceConfigError as exc:
         return [f"source.url: {exc}"]
-    if parsed.scheme not in SCHEMES:
-        return [f"source.url: unknown scheme {parsed.scheme!r}; expected one of {', '.join(SCHEMES)}"]
-    if parsed.scheme == "serial" and not os.path.exists(parsed.path):
-        return [f"source.url: serial device {parsed.path} does not exist (adapter plugged in? "
+    if source.url.scheme == "serial" and not os.path.exists(source.path):
+        return [f"source.url: serial device {source.path} does not exist (adapter plugged in? "
                 "`ionstream devices` lists ports)"]
-    if parsed.scheme == "replay":
-        path = Path((parsed.netloc + parsed.path) if parsed.netloc else parsed.path)
-        if not path.exists():
-            return [f"source.url: capture file {path} does not exist"]
     return []
+
+
+def tcp_port_problem(endpoint: str, key: str, *, any_port: bool) -> str | None:
+    """A problem with the port of a ``tcp://HOST:PORT`` endpoint, or None.
+
+    Ports are 1..65535; ``any_port`` also allows ``*`` and 0 (bind: the system picks one).
+    ZeroMQ itself binds a random port for 99999 instead of refusing it, hence this check.
+    """
+    if not endpoint.startswith("tcp://"):
+        return None
+    port = endpoint.rpartition(":")[2]
+    if any_port and port in ("*", "0"):
+        return None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return (f"{key}: {endpoint} has port {port or '(none)'}; "
+                f"expected 1..65535{' (or * for any free port)' if any_port else ''}")
+    return None
+
+
+def bind_problems(publish: PublishConfig) -> list[str]:
+    """The endpoints' form, ports and bind rules (loopback unless allow_remote or CURVE)."""
+    from ionstream.security import EndpointError, check_bind_endpoint
+
+    problems = []
+    secret, clients = publish.curve_server_secret, publish.curve_clients_dir
+    if bool(secret) != bool(clients):
+        problems.append("publish: CURVE needs both curve_server_secret and curve_clients_dir "
+                        "(or neither, for no encryption)")
+    if secret and not os.path.isfile(secret):
+        problems.append(f"publish.curve_server_secret: {secret} does not exist "
+                        "(make one with `ionstream keys generate DIR --name server`)")
+    if clients and not os.path.isdir(clients):
+        problems.append(f"publish.curve_clients_dir: {clients} is not a directory "
+                        "(make it and copy each client's .key file into it)")
+    endpoints = {"publish.endpoint": publish.endpoint}
+    if publish.control:
+        endpoints["publish.control"] = publish.control
+    for key, endpoint in endpoints.items():
+        try:
+            check_bind_endpoint(endpoint, allow_remote=publish.allow_remote, curve=bool(secret and clients),
+                                key=key)
+        except EndpointError as exc:
+            problems.append(str(exc).replace("(allow_remote=True) ", ""))
+            continue
+        problem = tcp_port_problem(endpoint, key, any_port=True)
+        if problem:
+            problems.append(problem)
+    if publish.control and publish.control == publish.endpoint:
+        problems.append(f"publish.control: {publish.control} is also publish.endpoint; "
+                        "give the control socket its own port")
+    return problems
 
 
 def endpoint_problems(config: Config) -> list[str]:
@@ -324,3 +432,21 @@ def example_toml() -> str:
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
+
+
+# ---- capture paths ------------------------------------------------------------------------
+def resolve_capture_path(path: str | os.PathLike, capture_dir: str | os.PathLike) -> Path:
+    """Where the daemon writes a capture it is asked for (``record start PATH``, ``--record``,
+    ``capture.record``).
+
+    One rule: a relative path, with or without directory parts, is relative to ``capture_dir``
+    (``run1.isc`` -> ``captures/run1.isc``, ``2024-05/run1.isc`` -> ``captures/2024-05/run1.isc``,
+    ``captures/run1.isc`` -> ``captures/captures/run1.isc``); an absolute path (``~`` expanded)
+    is used as given. The control client and the daemon need not share a working directory, so
+    the client's never matters. A relative ``capture_dir`` is relative to the daemon's working
+    directory. Pure: creates nothing.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return Path(capture_dir).expanduser() / p

@@ -30,11 +30,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup_logging(level: int = logging.INFO, fmt: str | None = None) -> None:
+class ClientFormatter(logging.Formatter):
+    """A client command's line on a terminal: ``ionstream status: no reply from ...``
+    (``warning:`` before a warning), one sentence, no timestamp or logger name."""
+
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno >= logging.ERROR or record.levelno <= logging.INFO else \
+            f"{record.levelname.lower()}: "
+        text = f"{self.prog}: {level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+FORMATS = ("plain", "kv", "json", "client")
+
+
+def setup_logging(level: int = logging.INFO, fmt: str | None = None, *, prog: str = "ionstream") -> None:
     """Configure the root logger on stderr.
 
-    ``fmt``: "plain" (default on a terminal), "kv" (default otherwise: one key=value line
-    per record, as the systemd journal likes it) or "json".
+    ``fmt``: "plain" (timestamped human lines: the daemon's on a terminal), "client" (one
+    ``PROG: message`` sentence per record: a client command's on a terminal), "kv" (one
+    key=value line per record, as the systemd journal likes it; the default when stderr is not
+    a terminal) or "json". None: "plain" on a terminal, "kv" otherwise.
     """
     if fmt is None:
         fmt = "plain" if sys.stderr.isatty() else "kv"
@@ -43,6 +65,8 @@ def setup_logging(level: int = logging.INFO, fmt: str | None = None) -> None:
         handler.setFormatter(JsonFormatter())
     elif fmt == "kv":
         handler.setFormatter(KeyValueFormatter())
+    elif fmt == "client":
+        handler.setFormatter(ClientFormatter(prog))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()

@@ -150,7 +150,7 @@ class Pipeline:
             if not self.batcher.submit(result, scan.features, timeout=0):
                 return  # counted by the batcher as dropped
         else:
-            self.latency.add(time.time_ns() - result.host_time_ns)
+            self.latency.add(time.monotonic_ns() - result.host_mono_ns)
 
     def _publish_trace(self, result: ScanResult, scan: ProcessedScan, times: dict) -> None:
         values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
@@ -171,7 +171,7 @@ class Pipeline:
                 "model": f"{self.bundle.name} {self.bundle.version}",
                 "backend": self._backend_name(),
             }, [cls.probs])
-        self.latency.add(now - result.host_time_ns)
+        self.latency.add(time.monotonic_ns() - result.host_mono_ns)
 
     def _backend_name(self) -> str:
         info = self.batcher.backend_info if self.batcher else None

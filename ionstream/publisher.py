@@ -143,6 +143,7 @@ class Publisher:
         self._closed = False
         self._subs_cond = threading.Condition()
         self._subscriptions: dict[str, int] = {}
+        self._peers: dict[int, dict[str, int]] = {}  # connection (fd) -> its subscriptions (topic -> count)
         # counters (each written by one thread; read racily by stats(), which is fine for status)
         self.published = 0        # accepted by publish()
         self.drops_queue = 0      # publish() found the queue full
@@ -320,17 +321,21 @@ class Publisher:
         return stats
 
     def wait_for_subscribers(self, count: int = 1, topic: str | None = None, timeout: float = 10.0) -> bool:
-        """Wait until ``count`` subscriptions matching ``topic`` (any, if None) have arrived.
+        """Wait until ``count`` subscribers (connections) have subscribed to ``topic`` (to
+        anything, if None). True if they did within ``timeout`` (s).
 
-        A subscription reaches the publisher a little after the subscriber connects (ZeroMQ's
-        "slow joiner"); messages published before it are not delivered to that subscriber.
-        Tests and benchmarks use this instead of sleeping. True if they arrived in time.
+        A subscriber is one connection, whatever its number of subscriptions: one subscribing
+        to ``peaks`` and ``class`` counts once. A subscription reaches the publisher a little
+        after the subscriber connects (ZeroMQ's "slow joiner"); messages published before it
+        are not delivered to that subscriber. Tests, benchmarks and ``--wait-subscribers`` use
+        this instead of sleeping.
         """
+        def matches(subscribed: str) -> bool:
+            return topic is None or topic.startswith(subscribed)
+
         def enough() -> bool:
-            subs = self._subscriptions
-            if topic is None:
-                return max(subs.values(), default=0) >= count
-            return sum(v for k, v in subs.items() if topic.startswith(k)) >= count
+            peers = list(self._peers.values())  # the owner thread replaces entries; copy first
+            return sum(any(n > 0 and matches(t) for t, n in subs.items()) for subs in peers) >= count
 
         with self._subs_cond:
             return self._subs_cond.wait_for(enough, timeout)
@@ -431,18 +436,47 @@ class Publisher:
                 self._call_release(release)
 
     def _read_subscriptions(self, sock: zmq.Socket) -> None:
+        """Take the (un)subscriptions XPUB_VERBOSER passes up: per topic, and per connection.
+
+        The connection is the message's source fd (ZMQ_SRCFD). A subscriber that goes away
+        shows as unsubscriptions without a source: the connections whose fd is closed are
+        dropped then.
+        """
         changed = False
         while sock.poll(0, zmq.POLLIN):
-            msg = sock.recv()
+            frame = sock.recv(copy=False)
+            msg = frame.bytes
             if not msg:
                 continue
             topic = msg[1:].decode("ascii", "replace")
             delta = 1 if msg[0] == 1 else -1 if msg[0] == 0 else 0
             self._subscriptions[topic] = max(0, self._subscriptions.get(topic, 0) + delta)
+            try:
+                fd = frame.get(zmq.SRCFD)
+            except zmq.ZMQError:  # made by ZeroMQ for a closed connection: no source
+                fd = -1
+            if fd >= 0:
+                subs = self._peers.setdefault(fd, {})
+                subs[topic] = max(0, subs.get(topic, 0) + delta)
+            elif delta > 0:  # a libzmq without ZMQ_SRCFD: each subscription counts as a subscriber
+                self._peers[-1 - len(self._peers)] = {topic: 1}
+            else:
+                self._drop_closed_peers()
             changed = True
         if changed:
             with self._subs_cond:
                 self._subs_cond.notify_all()
+
+    def _drop_closed_peers(self) -> None:
+        import stat
+
+        for fd in [fd for fd in self._peers if fd >= 0]:
+            try:
+                alive = stat.S_ISSOCK(os.fstat(fd).st_mode)
+            except OSError:
+                alive = False
+            if not alive:
+                del self._peers[fd]
 
     def _release_done(self) -> None:
         pending = self._pending

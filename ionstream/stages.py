@@ -39,6 +39,7 @@ class ScanResult:
     scan_number: int
     device_time_ns: int
     host_time_ns: int             # frame received
+    host_mono_ns: int = 0         # the same moment on the monotonic clock (latency)
     t_dsp_ns: int = 0             # DSP finished
     kind: str = "scan"            # "scan", "status" or "error"
     payload: Any = None           # the processor's per-scan output (peaks, features, ...)
@@ -165,7 +166,7 @@ class DspWorkers:
 
     def _process_one(self, k: int, slot: Slot, process: Callable[[Slot], Any], w: int) -> ScanResult:
         h = slot.header
-        result = ScanResult(k, h.sequence, h.scan_number, h.device_time_ns, slot.host_time_ns)
+        result = ScanResult(k, h.sequence, h.scan_number, h.device_time_ns, slot.host_time_ns, slot.host_mono_ns)
         t0 = time.perf_counter_ns()
         if h.frame_type != FrameType.SCAN:
             result.kind = "status"

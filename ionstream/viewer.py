@@ -422,9 +422,9 @@ class ViewerWindow:
         self.trace_plot.showGrid(x=True, y=True, alpha=0.15)
         self.trace_legend = self.trace_plot.addLegend(offset=(10, 5), brush=pg.mkBrush(16, 20, 24, 170))
         # XICs on their own right-hand axis (they are orders of magnitude below the TIC)
-        tic_item = self.trace_plot.getPlotItem()
+        tic_item = self._tic_item = self.trace_plot.getPlotItem()
         self.xic_view = pg.ViewBox()
-        tic_item.showAxis("right")
+        tic_item.showAxis("right", False)  # shown once a trace message names an XIC (dsp.xic configured)
         tic_item.scene().addItem(self.xic_view)
         tic_item.getAxis("right").linkToView(self.xic_view)
         tic_item.getAxis("right").setLabel("XIC", units="counts")
@@ -552,6 +552,7 @@ class ViewerWindow:
                 self.trace_legend.addItem(curve, name)
                 self.trace_curves.append(curve)
             self._trace_names = list(names)
+            self._tic_item.showAxis("right", len(names) > 1)  # no empty XIC axis without an XIC
         t = snap.trace_t
         if not len(t):
             return
@@ -620,6 +621,7 @@ class ViewerWindow:
             "peak_marks": len(self.peak_marks.data),
             "peak_labels": [item.textItem.toPlainText() for item in self.peak_labels if item.isVisible()],
             "trace_names": list(self._trace_names),
+            "xic_axis": self._tic_item.getAxis("right").isVisible(),
             "trace_points": tr,
             "events": {kind: sum(len(item.data) for (k, _v), item in self.event_marks.items() if k == kind)
                        for kind in EVENT_STYLE},
@@ -638,6 +640,17 @@ class ViewerWindow:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(value: Any) -> str:
+    """A value for a log line as words, not a Python repr: ``a 1, b [x y]``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labels: int = 8, curve=None,
@@ -663,7 +676,7 @@ def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labe
         state = view.plot_state()
         ok = view.screenshot(screenshot)
         has_data = state["spectrum_points"] or state["stick_points"]
-        log.info("screenshot %s: %s", screenshot, {k: v for k, v in state.items() if k != "health"})
+        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k != "health"}))
         result["code"] = 0 if ok and has_data else 1
         app.quit()
 

@@ -359,3 +359,62 @@ class TestSimSourceRepeat:
         frames = self._frames("sim://?rate=0&samples=1024&seed=5", 8)
         payloads = [p for h, p in frames if h.frame_type == FrameType.SCAN]
         assert len(set(payloads)) == len(payloads)
+
+
+class _FakeTime:
+    """A stand-in for the ``time`` module inside instrument.sources.sim (a mock, named as such):
+    a clock that moves only when the source sleeps, so pacing is checked without wall-clock asserts."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += max(0.0, s)
+
+
+class TestSimSourcePacing:
+    """sim://?rate=20 gives 20.0 scans/s of device time per second of the clock, STATUS frames
+    included in the stream (issue 15 item 5: it gave 19.1 because status frames took scan slots)."""
+
+    @staticmethod
+    def _run(url: str, seconds: float, monkeypatch, fake: "_FakeTime | None" = None
+             ) -> tuple[int, int, list[int]]:
+        from instrument.frames import FrameDecoder
+        from instrument.sources import open_source
+        from instrument.sources import sim as sim_module
+
+        fake = fake or _FakeTime()
+        monkeypatch.setattr(sim_module, "time", fake)
+        source = open_source(url)
+        source.open()
+        decoder, buf = FrameDecoder(), bytearray(1 << 16)
+        scans, status, times = 0, 0, []
+        end = fake.now + seconds
+        while fake.now < end:
+            k = source.readinto(memoryview(buf))
+            for f in decoder.feed(memoryview(buf)[:k]):
+                if f.header.frame_type == FrameType.SCAN:
+                    scans += 1
+                    times.append(f.header.device_time_ns)
+                else:
+                    status += 1
+        return scans, status, times
+
+    def test_twenty_scans_per_second_of_clock(self, monkeypatch):
+        scans, status, times = self._run("sim://?rate=20&samples=256", 30.0, monkeypatch)
+        assert status >= 29          # one STATUS frame per simulated second is in the stream...
+        assert scans in (600, 601)   # ...and still 20 scans per second: scan k is due at k/20 s
+        assert times[-1] - times[0] == (scans - 1) * 50_000_000
+
+    def test_schedule_does_not_accumulate_sleep_jitter(self, monkeypatch):
+        """Each sleep overshoots by 3 ms (a loaded machine); the deadline schedule absorbs it."""
+
+        class Jittery(_FakeTime):
+            def sleep(self, s: float) -> None:
+                self.now += max(0.0, s) + 0.003
+
+        scans, _, _ = self._run("sim://?rate=20&samples=256", 20.0, monkeypatch, Jittery())
+        assert 399 <= scans <= 401

@@ -63,14 +63,14 @@ def wait_until(app, predicate, timeout=10.0):
 class Feeder:
     """Publishes peaks, spectrum, trace, class and status for simulator scans from a thread."""
 
-    def __init__(self, endpoint, *, rate_hz=50.0, samples=16384, spectrum=True):
+    def __init__(self, endpoint, *, rate_hz=50.0, samples=16384, spectrum=True, xic=True):
         import scipy.signal
 
         self.find_peaks = scipy.signal.find_peaks
         self.pub = Publisher(endpoint, source="sim://test").start()
         self.sim = Simulator(SimConfig(n_samples=samples, seed=4, status_interval_s=0))
         self.mz = mz_axis(self.sim.calibration, samples)
-        self.rate_hz, self.spectrum = rate_hz, spectrum
+        self.rate_hz, self.spectrum, self.xic = rate_hz, spectrum, xic
         self.sent = 0
         self.peaks = {}
         self._stop = threading.Event()
@@ -123,8 +123,8 @@ class Feeder:
                 events = [{"trace": "tic", "kind": "end", "scan": h.scan_number, "t_ns": h.device_time_ns,
                            "intensity": tic}]
             xic = float(y[(self.mz > 500) & (self.mz < 520)].sum())
-            self.pub.publish("trace", {**times, "names": ["tic", "xic:500-520"], "events": events},
-                             [np.array([tic, xic], "<f8")])
+            names, values = (["tic", "xic:500-520"], [tic, xic]) if self.xic else (["tic"], [tic])
+            self.pub.publish("trace", {**times, "names": names, "events": events}, [np.array(values, "<f8")])
             p = np.zeros(len(CLASS_LABELS), "<f4")
             p[int(truth.label)] = 0.9
             p += 0.1 / len(p)
@@ -266,7 +266,7 @@ def test_window_shows_spectrum_peaks_traces_class_and_health(qapp, tmp_path):
     assert 1 <= len(state["peak_labels"]) <= 8
     assert state["peak_labels"][0] == f"{drawn[0][int(np.argmax(drawn[1]))]:.4f}"
     # traces scroll with their events
-    assert state["trace_names"] == ["tic", "xic:500-520"]
+    assert state["trace_names"] == ["tic", "xic:500-520"] and state["xic_axis"]
     assert state["events"]["apex"] >= 1 and state["events"]["start"] >= 1
     # class and health
     assert any(label in state["class"] for label in CLASS_LABELS) and "%" in state["class"]
@@ -294,6 +294,24 @@ def test_window_draws_peaks_as_sticks_without_the_spectrum_topic(qapp):
         receiver.stop()
     assert state["spectrum_points"] == 0 and state["stick_points"] == state["peak_marks"]
     assert "peaks" in state["title"] and "processed" not in state["title"]
+
+
+def test_no_xic_axis_without_an_xic(qapp):
+    """Issue 15 item 8: with no dsp.xic configured the trace plot has no (empty) XIC axis."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    model = ViewerModel()
+    receiver = Receiver(endpoint, model, topics=["trace"]).start()
+    view = ViewerWindow(model, endpoint=endpoint, fps=20, receiver=receiver)
+    feeder = Feeder(endpoint, rate_hz=50.0, spectrum=False, xic=False).start()
+    try:
+        assert wait_until(qapp, lambda: view.plot_state()["trace_points"] and
+                          view.plot_state()["trace_points"][0] > 5, timeout=15)
+        state = view.plot_state()
+    finally:
+        feeder.stop()
+        view.timer.stop()
+        receiver.stop()
+    assert state["trace_names"] == ["tic"] and not state["xic_axis"]
 
 
 def test_receiver_keeps_up_at_a_high_rate_and_the_display_skips(qapp):
@@ -340,6 +358,7 @@ def test_cli_screenshot_against_a_publisher(tmp_path):
     finally:
         feeder.stop()
     assert r.returncode == 0, r.stderr
+    assert "screenshot shot.png: scan " in r.stderr and "{'" not in r.stderr  # plain text, no Python repr
     assert (tmp_path / "shot.png").stat().st_size > 10_000
     assert image_ink(tmp_path / "shot.png") > 10
 

@@ -359,3 +359,41 @@ class TestListenCommand:
         assert proc.returncode == 0, err
         doc = json.loads(out)
         assert doc["header"]["scan"] == 77 and "arrays" not in doc
+
+
+class TestWaitForSubscribers:
+    """Issue 15 item 7: --wait-subscribers counts subscribers (connections), not subscriptions."""
+
+    @staticmethod
+    def _until(pub, subs, count, topic=None, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while not pub.wait_for_subscribers(count, topic, timeout=0.005):
+            if time.monotonic() > deadline:
+                return False
+            for sub in subs:
+                sub.socket.poll(5)
+        return True
+
+    def test_one_subscriber_to_two_topics_is_one(self, pub):
+        with Subscriber(pub.endpoint, ["peaks", "class"], timeout=5.0) as sub:
+            assert self._until(pub, [sub], 1, "peaks") and self._until(pub, [sub], 1, "class")
+            # both subscriptions have arrived: still one subscriber
+            assert pub.wait_for_subscribers(1, timeout=0)
+            assert not pub.wait_for_subscribers(2, timeout=0)
+
+    def test_two_subscribers_to_different_topics_are_two(self, pub):
+        with Subscriber(pub.endpoint, ["peaks"], timeout=5.0) as a, \
+                Subscriber(pub.endpoint, ["class"], timeout=5.0) as b:
+            assert self._until(pub, [a, b], 2)
+            assert pub.wait_for_subscribers(1, "peaks", timeout=0)
+            assert not pub.wait_for_subscribers(2, "peaks", timeout=0)
+
+    def test_a_subscriber_that_leaves_no_longer_counts(self, pub):
+        with Subscriber(pub.endpoint, ["peaks", "class"], timeout=5.0) as a:
+            with Subscriber(pub.endpoint, ["peaks"], timeout=5.0) as b:
+                assert self._until(pub, [a, b], 2)
+            deadline = time.monotonic() + 10
+            while pub.wait_for_subscribers(2, timeout=0):
+                assert time.monotonic() < deadline, "the closed subscriber is still counted"
+                a.socket.poll(5)
+            assert pub.wait_for_subscribers(1, timeout=0)

@@ -82,8 +82,9 @@ class SourceURL:
         try:
             return kind(raw)
         except (TypeError, ValueError):
+            expected = {int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
             raise SourceConfigError(
-                f"source {self.text!r}: option {name}={raw!r} is not a valid {kind.__name__}"
+                f"source {self.text!r}: option {name}={raw or '(empty)'} is not {expected}"
             ) from None
 
     def check_options(self, allowed: set[str]) -> None:

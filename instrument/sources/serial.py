@@ -12,7 +12,8 @@ from typing import Any
 
 import serial
 
-from instrument.sources.base import Source, SourceBusy, SourceDisconnected, SourceUnavailable, SourceURL
+from instrument.sources.base import (Source, SourceBusy, SourceConfigError, SourceDisconnected, SourceUnavailable,
+                                    SourceURL)
 
 OPTIONS = {"baud", "timeout_s", "rtscts", "xonxoff"}
 
@@ -64,8 +65,10 @@ class SerialSource(Source):
         super().__init__(url)
         self.path = url.path or url.netloc
         if not self.path:
-            raise ValueError(f"source {url.text!r}: no device path; expected serial:///dev/ttyUSB0")
+            raise SourceConfigError(f"source {url.text!r}: no device path; expected serial:///dev/ttyUSB0")
         self.baud = url.option("baud", 921600, int)
+        if self.baud <= 0:
+            raise SourceConfigError(f"source {url.text!r}: baud must be a positive number of bits/s, e.g. 921600")
         self.timeout_s = url.option("timeout_s", 0.1, float)
         self.rtscts = bool(url.option("rtscts", 0, int))
         self.xonxoff = bool(url.option("xonxoff", 0, int))

@@ -10,13 +10,19 @@ sequence numbers, scan numbers and device times (and no more status frames). Ren
 64k-point spectrum costs more CPU than processing it; a real instrument does that work on its
 own hardware, so benchmarks of the pipeline at full speed use ``repeat`` to leave the host's
 cores to the pipeline.
+
+Pacing: scan frames follow a fixed deadline schedule (scan k is due k/rate s after the first),
+kept by the simulator's :class:`~instrument.simulator.Pacer`, the same one `ionstream simulate`
+uses, so ``rate=20`` gives 20.0 scans/s whatever the sleep jitter. STATUS frames are sent when
+due, unpaced (they are not scans). After a stall of more than 1 s the schedule restarts from
+now instead of bursting to catch up (``Pacer.slips`` counts it).
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from instrument.sources.base import EndOfSource, Source, SourceURL
+from instrument.sources.base import EndOfSource, Source, SourceConfigError, SourceURL
 
 OPTIONS = {"rate", "samples", "seed", "dtype", "count", "repeat"}
 
@@ -35,37 +41,58 @@ class SimSource(Source):
         self.dtype = url.option("dtype", "uint16", str)
         self.count = url.option("count", 0, int)
         self.repeat = url.option("repeat", 0, int)
+        self._check(url)
         self._stored: list[bytearray] = []   # the first `repeat` scan frames
         self.finite = self.count > 0
         self._frames = None
         self._simulator = None
         self._pending = memoryview(b"")
-        self._emitted = 0   # frames, for pacing (and the next frame's sequence number)
+        self._next: tuple[bytes | bytearray, bool] | None = None  # rendered, waiting for its deadline
+        self._pacer = None
+        self._emitted = 0   # frames (the next frame's sequence number)
         self._scans = 0     # scan frames, for count
-        self._t0 = 0.0
+
+    def _check(self, url: SourceURL) -> None:
+        """The values SimConfig would refuse at open(), refused here so `config check` finds them."""
+        from instrument.simulator import DTYPES
+
+        problems = []
+        if not self.rate_hz >= 0:
+            problems.append(f"rate={url.options['rate']} must be >= 0 (scans/s; 0 = as fast as possible)")
+        if self.n_samples < 16:
+            problems.append(f"samples={self.n_samples} must be >= 16")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype={self.dtype} must be one of {', '.join(DTYPES)}")
+        if self.count < 0 or self.repeat < 0:
+            problems.append("count and repeat must be >= 0")
+        if problems:
+            raise SourceConfigError(f"source {url.text!r}: " + "; ".join(problems))
 
     def open(self) -> None:
-        from instrument.simulator import SimConfig, Simulator
+        from instrument.simulator import Pacer, SimConfig, Simulator
 
         if self._frames is None:  # a re-open continues the same run
             config = SimConfig(scan_rate_hz=self.rate_hz, n_samples=self.n_samples, seed=self.seed,
                                dtype=self.dtype)
             self._simulator = Simulator(config)
             self._frames = iter(self._simulator)
-            self._t0 = time.monotonic()
+            self._pacer = Pacer(self.rate_hz, clock=time.monotonic, sleep=time.sleep)
 
     def readinto(self, buf: memoryview) -> int:
         if not self._pending:
-            if self.count and self._scans >= self.count:
-                raise EndOfSource()
-            if self.rate_hz > 0:
-                due = self._t0 + self._emitted / self.rate_hz
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(min(wait, 0.1))
-                    if wait > 0.1:
+            if self._next is None:
+                if self.count and self._scans >= self.count:
+                    raise EndOfSource()
+                self._next = self._next_frame()
+            frame, is_scan = self._next
+            if is_scan:
+                delay = self._pacer.delay()
+                if delay > 0:  # wait in slices of <= 0.1 s: readinto must return that often
+                    time.sleep(min(delay, 0.1))
+                    if delay > 0.1:
                         return 0
-            frame, is_scan = self._next_frame()
+                self._pacer.tick()
+            self._next = None
             self._pending = memoryview(frame)
             self._emitted += 1
             self._scans += is_scan

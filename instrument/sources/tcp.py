@@ -17,15 +17,31 @@ def create(url: SourceURL) -> "TcpSource":
     return TcpSource(url)
 
 
+def parse_address(url: SourceURL) -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT``; SourceConfigError names a missing host or a bad port."""
+    netloc = url.netloc
+    if netloc.endswith("]") or ":" not in netloc:  # no ':PORT' ([::1] is a bracketed IPv6 host)
+        host, port = netloc, ""
+    else:
+        host, _, port = netloc.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        raise SourceConfigError(f"source {url.text!r}: no host; expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    if not port:
+        raise SourceConfigError(f"source {url.text!r}: no port; expected tcp://HOST:PORT, e.g. tcp://{url.netloc}:5555")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SourceConfigError(f"source {url.text!r}: port {port} is not 1..65535")
+    return host, int(port)
+
+
 class TcpSource(Source):
     def __init__(self, url: SourceURL):
         super().__init__(url)
-        host, _, port = url.netloc.rpartition(":")
-        if not host or not port.isdigit():
-            raise SourceConfigError(f"source {url.text!r}: expected tcp://HOST:PORT")
-        self.address = (host.strip("[]"), int(port))
+        self.address = parse_address(url)
         self.timeout_s = url.option("timeout_s", 0.1, float)
         self.connect_timeout_s = url.option("connect_timeout_s", 2.0, float)
+        if not (self.timeout_s > 0 and self.connect_timeout_s > 0):
+            raise SourceConfigError(f"source {url.text!r}: timeout_s and connect_timeout_s must be > 0 (s)")
         self._sock: socket.socket | None = None
 
     def open(self) -> None:

@@ -6,6 +6,9 @@ import json
 import logging
 import sys
 
+from ionstream.commands.common import add_config_argument, load_config, report_config_error
+from ionstream.config import ConfigError
+
 HELP = "write a capture as mzML (profile spectra, or centroided with --centroid)"
 DESCRIPTION = (
     "Write every scan of a capture as an mzML spectrum (psims; indexed mzML 1.1, zlib-compressed "
@@ -22,8 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", metavar="FILE", required=True, help="mzML file to write")
     parser.add_argument("--centroid", action="store_true",
                         help="write centroided spectra (the pipeline's peaks) instead of profile spectra")
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="daemon configuration whose [dsp] settings pick the peaks (default: the defaults)")
+    add_config_argument(parser, "daemon configuration whose [dsp] settings pick the peaks (default: the defaults)")
     parser.add_argument("--no-compression", action="store_true",
                         help="store arrays uncompressed (faster to write, larger files)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
@@ -42,14 +44,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         dsp = None
         if args.centroid:
-            from ionstream.config import ConfigError, load
-
             try:
-                dsp = dsp_params_from_config(load(args.config))
+                dsp = dsp_params_from_config(load_config(args, offline=True))
             except ConfigError as exc:
-                for problem in exc.problems:
-                    log.error("%s", problem)
-                return 2
+                return report_config_error(log, exc)
         total = count_spectra(args.capture)
         with progress_bar(total, "export") as bar:
             summary = export_capture(args.capture, args.out, centroid=args.centroid, dsp_params=dsp,

@@ -6,6 +6,9 @@ import json
 import logging
 import sys
 
+from ionstream.commands.common import add_config_argument, load_config, report_config_error
+from ionstream.config import ConfigError
+
 HELP = "pick peaks in an mzML run or a capture (CSV or centroided mzML out)"
 DESCRIPTION = (
     "Pick and centroid the peaks of every profile spectrum in an mzML file or a capture with the "
@@ -21,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", metavar="FILE", required=True, help="peaks.csv or peaks.mzML")
     parser.add_argument("--ms-level", type=int, action="append", metavar="N", dest="ms_levels",
                         help="only this MS level (repeat for several; default: all)")
-    parser.add_argument("-c", "--config", metavar="FILE", help="daemon configuration ([dsp] settings)")
+    add_config_argument(parser, "daemon configuration ([dsp] settings)")
     parser.add_argument("--preset", choices=("tof", "orbitrap", "fticr"),
                         help="peak-picking defaults for this instrument kind (overrides [dsp] preset; docs/dsp.md)")
     parser.add_argument("--spectrum-type", choices=("auto", "profile", "centroid"), default="auto",
@@ -33,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from instrument.capture import CaptureError
     from ionstream.commands.import_mzml import progress_bar
-    from ionstream.config import ConfigError, load
     from ionstream.mzml import (
         MzMLError,
         count_spectra,
@@ -42,13 +44,11 @@ def main(args: argparse.Namespace) -> int:
     )
 
     try:
-        dsp = dsp_params_from_config(load(args.config))
+        dsp = dsp_params_from_config(load_config(args, offline=True))
         if args.preset:
             dsp["preset"] = args.preset
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 2
+        return report_config_error(log, exc)
     try:
         total = count_spectra(args.input)
         with progress_bar(total, "peaks") as bar:

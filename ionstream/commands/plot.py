@@ -148,15 +148,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from instrument.capture import CaptureError
-    from ionstream.config import ConfigError, load
+    from ionstream.commands.common import load_config, report_config_error
+    from ionstream.config import ConfigError
     from ionstream.mzml import MzMLError, dsp_params_from_config, is_capture
 
     try:
-        dsp = dsp_params_from_config(load(args.config))
+        dsp = dsp_params_from_config(load_config(args, offline=True))
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 2
+        return report_config_error(log, exc)
     try:
         spectrum, tic = find_scan(args.input, args.scan, args.index, tic=args.tic)
         peaks = None if args.no_peaks else pick(spectrum, dsp)

@@ -9,8 +9,19 @@ import argparse
 import logging
 import time
 
-from ionstream.commands.run import SignalHandler, add_common_arguments, build_config
-from ionstream.config import ConfigError
+from ionstream.commands.common import (
+    SignalHandler,
+    add_acquisition_arguments,
+    add_curve_arguments,
+    add_deprecated_alias,
+    apply_log_config,
+    client_curve,
+    control_endpoint,
+    error_sentence,
+    load_config,
+    report_config_error,
+)
+from ionstream.config import Config, ConfigError
 
 HELP = "record a source to a capture file (or start/stop a running daemon's recording)"
 log = logging.getLogger("ionstream.record")
@@ -19,11 +30,15 @@ log = logging.getLogger("ionstream.record")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=("start", "stop"),
                         help="drive a running daemon over its control socket instead of recording here")
-    parser.add_argument("path", nargs="?", help="capture path for `record start`")
+    parser.add_argument("path", nargs="?", help="capture path for `record start` (a relative path goes "
+                                                "under the daemon's capture.dir)")
     parser.add_argument("-o", "--out", metavar="FILE", help="capture file to write (standalone mode)")
-    parser.add_argument("--control-endpoint", default="tcp://127.0.0.1:5557", metavar="ENDPOINT",
-                        help="daemon control endpoint for start/stop (default %(default)s)")
-    add_common_arguments(parser)
+    parser.add_argument("--control", metavar="ENDPOINT",
+                        help="the daemon's control endpoint for start/stop (default: publish.control of "
+                             "-c FILE, else tcp://127.0.0.1:5557)")
+    add_deprecated_alias(parser, "--control-endpoint", "--control", "control")
+    add_curve_arguments(parser)
+    add_acquisition_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -33,25 +48,45 @@ def main(args: argparse.Namespace) -> int:
         log.error("give --out FILE (standalone recording) or `record start PATH` (a running daemon)")
         return 2
     try:
-        config = build_config(args)
+        config = load_config(args, {"source.url": args.source})
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 2
-    return record_standalone(config, args.out, args.duration)
+        return report_config_error(log, exc)
+    apply_log_config(args, config)
+    return record_standalone(config, args.out, args.duration, status_line=not args.no_status_line)
 
 
-def record_standalone(config, out: str, duration_s: float | None) -> int:
+class _RecordStatus:
+    """The standalone recorder's status figures: scans/s and MB/s from the decoder's counters."""
+
+    def __init__(self) -> None:
+        from ionstream.rates import RateMeter
+
+        self._rates = RateMeter()
+
+    def snapshot(self, acquisition, ring, recorder, out: str) -> dict:
+        dec = acquisition.decoder.stats
+        rates = self._rates.update({"scans": dec.scan_frames, "bytes": dec.bytes_in})
+        return {"state": "recording", "scans_per_s": rates["scans"], "MBps": rates["bytes"] / 1e6,
+                "crc_errors": dec.header_crc_errors + dec.payload_crc_errors, "resyncs": dec.resyncs,
+                "sequence_gaps": dec.sequence_gaps, "ring_fill": ring.fill, "drops_total": recorder.dropped,
+                "recording": f"{out} ({recorder.frames} frames)"}
+
+
+def record_standalone(config: Config, out: str, duration_s: float | None, *, status_line: bool = True) -> int:
     """Acquire from config.source into ``out`` until the duration, a signal, or the source's end."""
     from instrument.acquisition import AcquisitionThread
     from instrument.recorder import Recorder
     from instrument.ring import RingBuffer
-    from instrument.sources import AcquisitionError, open_source
+    from instrument.sources import AcquisitionError, SourceConfigError, open_source
     from ionstream.statusline import StatusLine
 
     signals = SignalHandler()
     signals.install()
-    source = open_source(config.source.url)
+    try:
+        source = open_source(config.source.url)
+    except SourceConfigError as exc:
+        log.error("%s", exc)
+        return 2
     # Recording must not lose frames to a slow disk silently: block, so the loss (if any)
     # happens at the device and shows up as sequence gaps in `capture info`.
     ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), "block")
@@ -73,19 +108,16 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
         ring.close()
         recorder.stop()
         return 2
-    status = StatusLine(log_interval_s=config.status.log_interval_s)
+    status = StatusLine(log_interval_s=config.status.log_interval_s, tty=None if status_line else False)
+    figures = _RecordStatus()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
-        while not signals.stop_requested.wait(0.5):
-            dec = acquisition.decoder.stats
-            status.show({"state": "recording", "scans_per_s": float("nan"), "MBps": 0.0,
-                         "crc_errors": dec.header_crc_errors + dec.payload_crc_errors, "resyncs": dec.resyncs,
-                         "sequence_gaps": dec.sequence_gaps, "ring_fill": ring.fill,
-                         "drops_total": recorder.dropped, "recording": f"{out} ({recorder.frames} frames)"})
-            if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive:
-                break
+        with status.attached():
+            while not signals.stop_requested.wait(config.status.interval_s):
+                status.show(figures.snapshot(acquisition, ring, recorder, out))
+                if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive:
+                    break
     finally:
-        status.finish()
         acquisition.stop()
         ring.close()
         recorder.stop()
@@ -95,6 +127,7 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
 
 def _drive_daemon(args: argparse.Namespace) -> int:
     from ionstream.control import ControlClient, ControlError
+    from ionstream.security import SecurityError
 
     if args.action == "start" and not args.path:
         log.error("`record start` needs a PATH")
@@ -103,13 +136,24 @@ def _drive_daemon(args: argparse.Namespace) -> int:
     if args.path:
         command["path"] = args.path
     try:
-        with ControlClient(args.control_endpoint) as client:
+        endpoint = control_endpoint(args)
+        curve = client_curve(args)
+    except ConfigError as exc:
+        return report_config_error(log, exc)
+    except SecurityError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        with ControlClient(endpoint, curve=curve) as client:
             reply = client.request(command)
     except ControlError as exc:  # no daemon there, or it refused our key: say so, no traceback
         log.error("%s", exc)
         return 1
+    except Exception as exc:  # a malformed endpoint (zmq.ZMQError): one sentence, no traceback
+        log.error("cannot reach %s: %s", endpoint, error_sentence(exc))
+        return 2
     if not reply.get("ok"):
-        log.error("daemon refused: %s", reply.get("error"))
+        log.error("the daemon refused: %s", error_sentence(str(reply.get("error"))))
         return 1
     print(reply.get("path") or "ok")
     return 0

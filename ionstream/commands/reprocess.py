@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
         log.error("reprocess needs the [dask] extra: pip install 'ionstream[dask]' (%s)", exc)
         return 2
     from inference.bundle import BundleError
-    from ionstream.config import ConfigError, apply_overrides
+    from ionstream.commands.common import load_config, report_config_error
+    from ionstream.config import ConfigError
 
     if getattr(args, "verbose", 0) < 2:
         quiet_dask_logs()
@@ -51,14 +52,13 @@ def main(args: argparse.Namespace) -> int:
         log.error("--workers must be >= 1, got %d", args.workers)
         return 2
     try:
-        config = apply_overrides(_load_config(args.config), {"inference.model": args.model,
-                                                     "inference.backend": args.backend})
+        # offline: without [source], so a lab's serial port need not exist where archives are reprocessed
+        config = load_config(args, {"inference.model": args.model, "inference.backend": args.backend},
+                             offline=True)
         settings = Settings.from_config(config)
         settings.resolved()  # a missing or broken model bundle is reported before anything starts
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 2
+        return report_config_error(log, exc)
     except BundleError as exc:
         log.error("%s", exc)
         return 2
@@ -105,22 +105,3 @@ def main(args: argparse.Namespace) -> int:
           f"{d['scans']} scans in {d['seconds']:.1f} s ({d['scans_per_s']:.0f} scans/s); "
           f"settings {d['settings_sha256'][:12]}; summary {args.out}/summary.parquet")
     return 1 if report.failed else 0
-
-
-def _load_config(path: str | None):
-    """The config without its [source]: a lab's serial port need not exist where archives are reprocessed."""
-    import tomllib
-    from pathlib import Path
-
-    from ionstream.config import Config, ConfigError, from_dict
-
-    if path is None:
-        return Config()
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror}"], str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
-    doc.pop("source", None)
-    return from_dict(doc, str(path))

@@ -19,7 +19,7 @@ import time
 import tty
 from collections import deque
 
-from ionstream.commands.run import SignalHandler, parse_duration
+from ionstream.commands.common import SignalHandler, parse_duration
 
 HELP = "emit device frames from the simulated instrument (stdout, file, TCP or pseudo-terminal)"
 DESCRIPTION = (

@@ -6,6 +6,16 @@ import json
 import logging
 from typing import Any
 
+from ionstream.commands.common import (
+    add_control_arguments,
+    add_deprecated_alias,
+    client_curve,
+    control_endpoint,
+    error_sentence,
+    report_config_error,
+)
+from ionstream.config import ConfigError
+
 HELP = "show a running daemon's health (over its control socket)"
 DESCRIPTION = (
     "Query the daemon's control socket and print its status: state, health, rates, drops at "
@@ -46,12 +56,10 @@ LAYOUT: list[tuple[str, str, str]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5557", metavar="ENDPOINT",
-                        help="the daemon's control endpoint, publish.control (default %(default)s)")
+    add_control_arguments(parser)
+    add_deprecated_alias(parser, "--endpoint", "--control", "control")
     parser.add_argument("--json", action="store_true", help="print the daemon's reply as one JSON object")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait (default %(default)s)")
-    parser.add_argument("--curve-key", metavar="FILE", help="this client's CURVE .key_secret file")
-    parser.add_argument("--curve-server-key", metavar="FILE", help="the daemon's CURVE public .key file")
 
 
 def _fmt(fmt: str, value: Any) -> str:
@@ -87,19 +95,25 @@ def format_status(doc: dict[str, Any]) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     from ionstream.control import ControlClient, ControlError
-    from ionstream.security import SecurityError, client_from_args
+    from ionstream.security import SecurityError
 
     try:
-        curve = client_from_args(args.curve_key, args.curve_server_key)
+        endpoint = control_endpoint(args)
+        curve = client_curve(args)
+    except ConfigError as exc:
+        return report_config_error(log, exc)
     except SecurityError as exc:
         log.error("%s", exc)
         return 2
     try:
-        with ControlClient(args.endpoint, timeout=args.timeout, curve=curve) as client:
+        with ControlClient(endpoint, timeout=args.timeout, curve=curve) as client:
             reply = client.request({"cmd": "status"})
     except ControlError as exc:
         log.error("%s", exc)
         return 1
+    except Exception as exc:  # a malformed endpoint (zmq.ZMQError): one sentence, no traceback
+        log.error("cannot reach %s: %s", endpoint, error_sentence(exc))
+        return 2
     if args.json:
         print(json.dumps(reply, sort_keys=True))
     if not reply.get("ok"):

@@ -6,6 +6,15 @@ import logging
 import os
 import sys
 
+from ionstream.commands.common import (
+    add_pub_arguments,
+    client_curve,
+    error_sentence,
+    pub_endpoint,
+    report_config_error,
+)
+from ionstream.config import ConfigError
+
 HELP = "live viewer: spectrum with peaks, class, scrolling TIC/XIC with events, health"
 DESCRIPTION = (
     "Open a window on a running daemon: the current spectrum with its picked peaks marked and "
@@ -21,8 +30,7 @@ log = logging.getLogger("ionstream.view")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5556", metavar="ENDPOINT",
-                        help="the daemon's PUB endpoint (default %(default)s)")
+    add_pub_arguments(parser)
     parser.add_argument("--fps", type=float, default=10.0, help="redraws per second (default %(default)s)")
     parser.add_argument("--window", type=float, default=60.0, metavar="S",
                         help="seconds of TIC/XIC history on screen (default %(default)s)")
@@ -31,8 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after", type=float, default=5.0, metavar="S", help="seconds before --screenshot (default %(default)s)")
     parser.add_argument("--duration", type=float, metavar="S", help="close the window after S seconds")
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), help="window size in pixels")
-    parser.add_argument("--curve-key", metavar="FILE", help="this client's CURVE .key_secret file")
-    parser.add_argument("--curve-server-key", metavar="FILE", help="the daemon's CURVE public .key file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,16 +51,17 @@ def main(args: argparse.Namespace) -> int:
               "`ssh -X`, or take a picture with --screenshot FILE.", file=sys.stderr)
         return 2
     try:
-        from ionstream.security import client_from_args
         from ionstream.viewer import run_viewer
 
-        curve = client_from_args(args.curve_key, args.curve_server_key)
-        return run_viewer(args.endpoint, fps=args.fps, window_s=args.window, labels=args.labels, curve=curve,
+        curve = client_curve(args)
+        return run_viewer(pub_endpoint(args), fps=args.fps, window_s=args.window, labels=args.labels, curve=curve,
                           screenshot=args.screenshot, after_s=args.after, duration_s=args.duration,
                           size=tuple(args.size) if args.size else None)
     except ImportError as exc:
         print(f"ionstream view: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        return report_config_error(log, exc)
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"ionstream view: {exc}", file=sys.stderr)
+        print(f"ionstream view: {error_sentence(exc)}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ class Daemon:
         self.control = None
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
+        self._deadline: float | None = None   # monotonic s; --duration counts from sockets bound
 
     # ---- control handlers (run on the control thread: quick) ---------------------------
     def _on_status(self, _req: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +68,8 @@ class Daemon:
             self.pipeline.start(acquire=False)
             if self.control is not None:
                 self.control.start()
+            if self.duration_s is not None:  # the wait for subscribers counts too
+                self._deadline = time.monotonic() + self.duration_s
             if not self._wait_for_subscribers():
                 return None  # stopped while waiting: the loop ends at once
             self.pipeline.start_acquisition()
@@ -86,14 +89,14 @@ class Daemon:
         self.pipeline.waiting_subscribers = bool(wanted)
         try:
             while wanted and not self.pipeline.publisher.wait_for_subscribers(wanted, timeout=0.2):
-                if self.stop_requested.is_set():
+                if self.stop_requested.is_set() or self._past_deadline():
                     return False
         finally:
             self.pipeline.waiting_subscribers = False
         return True
 
     def run(self) -> int:
-        from ionstream.commands.run import SignalHandler
+        from ionstream.signals import SignalHandler
 
         signals = SignalHandler()
         signals.stop_requested = self.stop_requested
@@ -128,8 +131,10 @@ class Daemon:
                  "" if drained else " (drain timed out)")
         return exit_code
 
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
     def _loop(self, pipeline, status: StatusLine) -> int:
-        deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         while not self.stop_requested.is_set():
             self.stop_requested.wait(self.config.status.interval_s)
             fatal = pipeline.supervise()
@@ -145,7 +150,7 @@ class Daemon:
             if fatal:
                 log.error("%s; stopping (exit %d)", fatal, EXIT_FAILED)
                 return EXIT_FAILED
-            if deadline is not None and time.monotonic() >= deadline:
+            if self._past_deadline():
                 break
             if pipeline.finished():
                 return EXIT_FAILED if pipeline.acquisition.stats.error else EXIT_OK

@@ -21,7 +21,7 @@ import numpy as np
 from instrument.acquisition import AcquisitionThread
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
-from ionstream.config import Config
+from ionstream.config import Config, resolve_capture_path
 from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
 from ionstream.health import HealthLimits, HealthMonitor
 from ionstream.rates import LatencyWindow, RateWindow
@@ -277,7 +277,7 @@ class Pipeline:
 
     def _reload(self, path: str | None) -> None:
         try:
-            done = self.reload_model(path)
+            self.reload_model(path)
             self.model_reload = "ok"
         except Exception as exc:
             self.model_reload = f"failed: {exc}"
@@ -285,12 +285,10 @@ class Pipeline:
 
     # ---- recording ---------------------------------------------------------------------
     def record_start(self, path: str | Path) -> Path:
-        """Start recording to ``path`` (relative paths resolve under capture.dir)."""
+        """Start recording to ``path`` (relative paths resolve under capture.dir: config.resolve_capture_path)."""
         from instrument.recorder import Recorder
 
-        path = Path(path)
-        if not path.is_absolute() and path.parent == Path("."):
-            path = Path(self.config.capture.dir) / path
+        path = resolve_capture_path(path, self.config.capture.dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._record_lock:
             if self.recorder is not None:

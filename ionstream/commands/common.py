@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import signal
 import sys
-import threading
 from typing import Any
 
 from ionstream.config import Config, ConfigError, PublishConfig, apply_overrides, load
+from ionstream.signals import SignalHandler  # noqa: F401  (re-exported for the commands)
 
 EXIT_USAGE = 2
 DEFAULT_PUB_ENDPOINT: str = PublishConfig().endpoint
@@ -215,24 +213,3 @@ def add_acquisition_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("plain", "kv", "json"),
                         help="log line format (overrides log.format; default: plain on a terminal, kv otherwise)")
     parser.add_argument("--no-status-line", action="store_true", help="no live status line on a terminal")
-
-
-class SignalHandler:
-    """First SIGINT/SIGTERM asks for a clean stop; a second one exits at once with status
-    128 + signal (130 for Ctrl-C, 143 for SIGTERM). SIGHUP asks for a reload."""
-
-    def __init__(self) -> None:
-        self.stop_requested = threading.Event()
-        self.reload_requested = threading.Event()
-
-    def install(self) -> None:
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGTERM, self._stop)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-
-    def _stop(self, signum, _frame) -> None:
-        if self.stop_requested.is_set():
-            sys.stderr.write(f"\n{signal.Signals(signum).name} again: exiting now without draining\n")
-            os._exit(128 + signum)
-        self.stop_requested.set()

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 
-from ionstream.commands.common import (  # noqa: F401  (SignalHandler, parse_duration: daemon.py, older imports)
-    SignalHandler,
+from ionstream.commands.common import (
     add_acquisition_arguments,
     apply_log_config,
     load_config,
-    parse_duration,
     report_config_error,
 )
 from ionstream.config import Config, ConfigError, endpoint_problems
@@ -69,35 +66,6 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return report_config_error(log, exc, "not started: fix the configuration "
                                              "(`ionstream config check FILE` checks a file)")
-    return _daemon_class()(config, args.duration, status_line=not args.no_status_line).run()
-
-
-def _daemon_class():
-    """The Daemon with --duration counted from the moment it is up (sockets bound), a wait for
-    subscribers included; imported late (the daemon's imports are heavy)."""
     from ionstream.daemon import Daemon
 
-    class TimedDaemon(Daemon):
-        # Belongs in Daemon itself (daemon.py, not this module's to edit): a deadline set before
-        # _wait_for_subscribers and used by _loop; then this subclass goes.
-        def __init__(self, config: Config, duration_s: float | None, **kw) -> None:
-            super().__init__(config, **kw)
-            self._stop_timer: threading.Timer | None = None
-            self._duration = duration_s
-
-        def _wait_for_subscribers(self) -> bool:
-            if self._duration is not None and self._stop_timer is None:
-                # A timer asks for the stop, as a signal would; it also ends the wait.
-                self._stop_timer = threading.Timer(self._duration, self.stop_requested.set)
-                self._stop_timer.daemon = True
-                self._stop_timer.start()
-            return super()._wait_for_subscribers()
-
-        def run(self) -> int:
-            try:
-                return super().run()
-            finally:
-                if self._stop_timer is not None:
-                    self._stop_timer.cancel()
-
-    return TimedDaemon
+    return Daemon(config, duration_s=args.duration, status_line=not args.no_status_line).run()

@@ -156,6 +156,7 @@ class CaptureWriter:
         self.bytes = 0
         self.file_bytes = 0
         self.fsyncs = 0
+        self._frames_written = 0
         self._closed = True
         self._failed: str | None = None
         level = 3 if compress is True else int(compress or 0)
@@ -217,9 +218,15 @@ class CaptureWriter:
         return self._failed
 
     @property
+    def pending_bytes(self) -> int:
+        """Uncompressed bytes of the compressed block in progress (not yet in the file)."""
+        return len(self._block)
+
+    @property
     def frames_written(self) -> int:
-        """Frames handed to the OS: in the file even if this process is killed now."""
-        return self.records - self._block_entries
+        """Frames handed to the OS: in the file even if this process is killed now (counted
+        only after the write returned, so another thread may read it at any time)."""
+        return self._frames_written
 
     def append(self, raw_frame, host_time_ns: int | None = None) -> None:
         """Append one device frame (any bytes-like object) received at ``host_time_ns``.
@@ -251,6 +258,7 @@ class CaptureWriter:
             self._put_record(KIND_FRAME, 1, t, mv)
             self.records += 1
             self.bytes += n
+            self._frames_written += 1
         self._maybe_sync()
 
     def flush(self) -> None:
@@ -330,6 +338,7 @@ class CaptureWriter:
         except OSError:
             self.records -= entries  # never in the file
             raise
+        self._frames_written += entries
 
     def _write_whole(self, *parts) -> None:
         """Write ``parts`` back to back; on any failure truncate to the last whole record."""
@@ -349,6 +358,7 @@ class CaptureWriter:
                 self._failed = f"{type(exc).__name__}: {exc}"
             try:  # a record cut part-way would be a torn tail; take it back out
                 os.ftruncate(self._fd, good)
+                os.lseek(self._fd, good, os.SEEK_SET)  # ftruncate leaves the offset: no hole before END
                 self.file_bytes = good
             except OSError:
                 pass

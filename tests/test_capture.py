@@ -173,6 +173,20 @@ def test_fsync_schedule(tmp_path):
     assert w.fsyncs == 1
 
 
+def test_each_append_is_in_the_os_when_it_returns(tmp_path):
+    """Write-through (issue 14 item 14): a record is in the page cache, which survives a
+    killed process, as soon as append() returns; nothing waits in a process buffer."""
+    frames = make_frames(20)
+    path = tmp_path / "wt.isc"
+    w = CaptureWriter(path, {}, fsync_interval_s=None)
+    for i, f in enumerate(frames):
+        w.append(f, i)
+        got, r = read_all(path)              # another file description: sees only what the OS has
+        assert [g for _, g in got] == frames[:i + 1] and r.torn_tail_bytes == 0
+        assert w.frames_written == i + 1 and w.file_bytes == os.path.getsize(path)
+    w.close()
+
+
 def test_flush_hands_everything_to_the_os(tmp_path):
     """After flush() another reader sees every appended frame, compressed or not."""
     for compress in (False, True):

@@ -56,8 +56,7 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
     # happens at the device and shows up as sequence gaps in `capture info`.
     ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), "block")
     try:
-        recorder = Recorder(ring, out, {"source": source.describe(), "mode": "record"},
-                            fsync_interval_s=config.capture.fsync_interval_s, compress=config.capture.compress)
+        recorder = Recorder.from_config(ring, out, {"source": source.describe(), "mode": "record"}, config.capture)
     except FileExistsError:
         log.error("%s already exists; captures are never overwritten: choose another name", out)
         return 2
@@ -76,7 +75,8 @@ def record_standalone(config, out: str, duration_s: float | None) -> int:
                          "crc_errors": dec.header_crc_errors + dec.payload_crc_errors, "resyncs": dec.resyncs,
                          "sequence_gaps": dec.sequence_gaps, "ring_fill": ring.fill,
                          "drops_total": recorder.dropped, "recording": f"{out} ({recorder.frames} frames)"})
-            if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive:
+            if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive \
+                    or not recorder.alive:  # the recorder stopped itself (disk space, error): nothing to do
                 break
     finally:
         status.finish()

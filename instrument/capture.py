@@ -1,4 +1,4 @@
-"""Capture files (format 2, docs/capture.md): raw device frames with host receive times.
+"""Capture files (format 1.1, docs/capture.md): raw device frames with host receive times.
 
 A capture is a file header (magic, format version, a JSON description of the source and
 settings, CRC-32) followed by an append-only log of records. Each record has a 24-byte
@@ -13,13 +13,16 @@ Crash safety: the writer only appends. After SIGKILL or power loss the file hold
 record up to some point, then at most one torn record (or nothing). ``CaptureReader``
 yields every whole record and reports the bytes after the last one as
 ``torn_tail_bytes``; it never raises on damaged records. Damage in the middle of a file
-(bit rot, a failed write followed by more appends) is skipped by searching for the next
-valid record and counted in ``corrupt_bytes``.
+(bit rot, a failed write followed by more appends) and whole records whose content is not
+what their header says are skipped (searching for the next valid record) and counted in
+``corrupt_bytes``, with the reasons in ``damage``. Hostile input is bounded: the header
+document's nesting is checked before parsing, and a ZBLOCK's count and declared size
+before anything is expanded.
 
-Durability: ``append()`` buffers in the process; every ``fsync_interval_s`` (checked on
-each append/flush call, no thread) the writer hands its buffer to the OS and fsyncs. A
-killed *process* loses only what was still in its own buffer (at most ``buffer_bytes``,
-or one pending compressed block); a power cut loses at most the last fsync interval.
+Durability: ``append()`` hands each whole record to the OS at once (one writev), so a
+killed *process* loses at most the record being written (compressed: the block in
+progress); every ``fsync_interval_s`` (checked on each append/flush call, no thread) the
+writer fsyncs, so a power cut loses at most the last interval.
 
 Writer and reader are not thread-safe: one thread owns each.
 """

@@ -1,4 +1,4 @@
-"""Capture files (format 2, docs/capture.md): raw device frames with host receive times.
+"""Capture files (format 1.1, docs/capture.md): raw device frames with host receive times.
 
 A capture is a file header (magic, format version, a JSON description of the source and
 settings, CRC-32) followed by an append-only log of records. Each record has a 24-byte
@@ -13,13 +13,16 @@ Crash safety: the writer only appends. After SIGKILL or power loss the file hold
 record up to some point, then at most one torn record (or nothing). ``CaptureReader``
 yields every whole record and reports the bytes after the last one as
 ``torn_tail_bytes``; it never raises on damaged records. Damage in the middle of a file
-(bit rot, a failed write followed by more appends) is skipped by searching for the next
-valid record and counted in ``corrupt_bytes``.
+(bit rot, a failed write followed by more appends) and whole records whose content is not
+what their header says are skipped (searching for the next valid record) and counted in
+``corrupt_bytes``, with the reasons in ``damage``. Hostile input is bounded: the header
+document's nesting is checked before parsing, and a ZBLOCK's count and declared size
+before anything is expanded.
 
-Durability: ``append()`` buffers in the process; every ``fsync_interval_s`` (checked on
-each append/flush call, no thread) the writer hands its buffer to the OS and fsyncs. A
-killed *process* loses only what was still in its own buffer (at most ``buffer_bytes``,
-or one pending compressed block); a power cut loses at most the last fsync interval.
+Durability: ``append()`` hands each whole record to the OS at once (one writev), so a
+killed *process* loses at most the record being written (compressed: the block in
+progress); every ``fsync_interval_s`` (checked on each append/flush call, no thread) the
+writer fsyncs, so a power cut loses at most the last interval.
 
 Writer and reader are not thread-safe: one thread owns each.
 """
@@ -27,22 +30,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 MAGIC = b"\x89ISC\r\n\x1a\n"
 """First 8 bytes of every capture file (89 49 53 43 0D 0A 1A 0A)."""
 
 FORMAT_MAJOR = 1
 """Readers refuse files with a larger major version (an incompatible layout)."""
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 """Compatible additions (new JSON keys, new record kinds that old readers skip) bump this."""
 
 FILE_HEADER = struct.Struct("<8sHHII")  # magic, major, minor, flags, json_length
@@ -67,7 +73,14 @@ KIND_NAMES = {KIND_FRAME: "FRAME", KIND_ZBLOCK: "ZBLOCK", KIND_END: "END"}
 
 ZENTRY = struct.Struct("<qI")  # host_time_ns, frame length -- then the frame bytes
 MAX_ZBLOCK_ENTRIES = 0xFFFF
-MAX_ZBLOCK_DECOMPRESSED = 512 * 1024 * 1024
+MAX_ZBLOCK_DECOMPRESSED = 80 * 1024 * 1024
+"""Largest content a ZBLOCK may declare: the writer's largest block (MAX_BLOCK_BYTES) plus
+one largest device frame (docs/protocol.md: 1 KiB header + 64 MiB payload). Larger frames
+are written as FRAME records even when compressing, so a reader never expands more than
+this per block, whatever a crafted file claims."""
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+"""Largest ``block_bytes`` a CaptureWriter accepts."""
+MAX_DAMAGE_NOTES = 20
 
 _U32 = struct.Struct("<I")
 _crc32 = zlib.crc32
@@ -112,30 +125,46 @@ class CaptureWriter:
 
     ``description`` is the caller's JSON-able dict, stored as ``header["description"]``;
     by convention ``{"source": source.describe(), "settings": {...}}``. The writer adds
-    the format version, ionstream version, start wall time, host and compression.
+    the format version, ionstream version, start wall time, host and compression, and
+    ``part`` (``{"index": i, "previous": name, "first": name}``) when given, for the parts
+    of a rotated recording.
 
-    ``fsync_interval_s``: seconds between fsyncs (0: after every append; None: only at
-    close). ``compress``: False, True (zstd level 3) or a zstd level; frames are then
-    gathered into blocks of about ``block_bytes`` that are compressed independently,
-    and a block is also closed on every sync tick and every flush(), so the durability
-    window stays the same as without compression.
+    Durability: every record is handed to the OS as soon as it is complete (one
+    ``os.writev`` per record, nothing held in the process), so a killed process loses at
+    most the record being written. ``fsync_interval_s``: seconds between fsyncs, the
+    power-loss window (0: after every append; None: only at close). ``compress``: False,
+    True (zstd level 3) or a zstd level; frames are then gathered in memory into blocks of
+    about ``block_bytes`` (at most MAX_BLOCK_BYTES) that are compressed independently; the
+    block in progress is what a killed process loses, so a block is also closed on every
+    fsync tick and every flush(). A frame larger than MAX_BLOCK_BYTES is written as its
+    own FRAME record even when compressing.
+
+    A failed write (ENOSPC, EIO, ...) truncates the file back to its last whole record,
+    raises OSError, and leaves the writer failed: later appends raise, and close() still
+    tries to add the END record (and truncates it away if that fails too), so the file
+    stays a valid capture without a torn tail.
 
     Counters: ``records`` (frames appended), ``bytes`` (frame bytes appended),
-    ``file_bytes`` (bytes handed to the file so far, headers included), ``fsyncs``.
+    ``file_bytes`` (bytes in the file: headers and whole records), ``fsyncs``,
+    ``frames_written`` (frames handed to the OS; less than ``records`` only by the frames
+    of a compressed block in progress).
     """
 
     def __init__(self, path: str | os.PathLike, description: dict[str, Any] | None = None, *,
                  fsync_interval_s: float | None = 1.0, compress: bool | int = False,
-                 exclusive: bool = False, buffer_bytes: int = 1 << 20, block_bytes: int = 4 << 20):
+                 exclusive: bool = False, block_bytes: int = 4 << 20, part: dict[str, Any] | None = None):
         self.path = Path(path)
         self.fsync_interval_s = fsync_interval_s
         self.records = 0
         self.bytes = 0
         self.file_bytes = 0
         self.fsyncs = 0
+        self._frames_written = 0
         self._closed = True
         self._failed: str | None = None
         level = 3 if compress is True else int(compress or 0)
+        if not 0 < int(block_bytes) <= MAX_BLOCK_BYTES:
+            raise ValueError(f"block_bytes must be 1..{MAX_BLOCK_BYTES}, got {block_bytes}")
         self.compress_level = level
         if level:
             import zstandard
@@ -147,8 +176,6 @@ class CaptureWriter:
         self._block_entries = 0
         self._block_t0 = 0
         self._block_bytes = int(block_bytes)
-        self._buffer_bytes = int(buffer_bytes)
-        self._buf = bytearray()
         self.started_wall_ns = time.time_ns()
         self.header: dict[str, Any] = {
             "format": "ionstream-capture",
@@ -162,6 +189,8 @@ class CaptureWriter:
             "compression": {"codec": "zstd", "level": level, "block_bytes": self._block_bytes} if level else None,
             "description": description if description is not None else {},
         }
+        if part is not None:
+            self.header["part"] = dict(part)
         doc = json.dumps(self.header, sort_keys=False, default=str).encode("utf-8")
         head = FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, FLAG_ZSTD if level else 0, len(doc)) + doc
         head += _U32.pack(_crc32(head))
@@ -169,7 +198,7 @@ class CaptureWriter:
         self._fd = os.open(self.path, flags, 0o644)
         self._closed = False
         try:
-            self._write_all(head)
+            self._write_whole(head)
             os.fsync(self._fd)
             _fsync_dir(self.path.parent)
         except BaseException:
@@ -186,10 +215,27 @@ class CaptureWriter:
     def compressed(self) -> bool:
         return self._zc is not None
 
-    def append(self, raw_frame, host_time_ns: int | None = None) -> None:
-        """Append one device frame (any bytes-like object, copied) received at ``host_time_ns``.
+    @property
+    def failed(self) -> str | None:
+        """Why writing stopped (a write or fsync error), or None."""
+        return self._failed
 
-        ``host_time_ns`` defaults to time.time_ns(). May fsync when the interval is due.
+    @property
+    def pending_bytes(self) -> int:
+        """Uncompressed bytes of the compressed block in progress (not yet in the file)."""
+        return len(self._block)
+
+    @property
+    def frames_written(self) -> int:
+        """Frames handed to the OS: in the file even if this process is killed now (counted
+        only after the write returned, so another thread may read it at any time)."""
+        return self._frames_written
+
+    def append(self, raw_frame, host_time_ns: int | None = None) -> None:
+        """Append one device frame (any bytes-like object) received at ``host_time_ns``.
+
+        ``host_time_ns`` defaults to time.time_ns(). Uncompressed, the record is in the OS
+        when this returns. May fsync when the interval is due. OSError if the write fails.
         """
         self._check_open()
         mv = memoryview(raw_frame)
@@ -199,28 +245,31 @@ class CaptureWriter:
         if n > MAX_RECORD_BODY:
             raise ValueError(f"frame of {n} bytes is larger than a capture record may be ({MAX_RECORD_BODY})")
         t = time.time_ns() if host_time_ns is None else int(host_time_ns)
-        if self._zc is not None:
+        if self._zc is not None and n <= MAX_BLOCK_BYTES:
             if self._block_entries == 0:
                 self._block_t0 = t
             self._block += ZENTRY.pack(t, n)
             self._block += mv
             self._block_entries += 1
+            self.records += 1
+            self.bytes += n
             if len(self._block) >= self._block_bytes or self._block_entries >= MAX_ZBLOCK_ENTRIES:
                 self._emit_block()
         else:
-            crc = _crc32(mv)
-            self._put_record(KIND_FRAME, 1, n, t, mv, crc)
-        self.records += 1
-        self.bytes += n
+            if self._block_entries:  # keep the frames in order
+                self._emit_block()
+            self._put_record(KIND_FRAME, 1, t, mv)
+            self.records += 1
+            self.bytes += n
+            self._frames_written += 1
         self._maybe_sync()
 
     def flush(self) -> None:
-        """Hand everything appended so far to the OS (closing a pending compressed block);
+        """Close a pending compressed block (uncompressed records are already with the OS);
         fsync too if the interval is due. A killed process then loses nothing appended."""
         self._check_open()
         if self._block_entries:
             self._emit_block()
-        self._drain()
         self._maybe_sync()
 
     def sync(self) -> None:
@@ -228,23 +277,29 @@ class CaptureWriter:
         self._check_open()
         if self._block_entries:
             self._emit_block()
-        self._drain()
         self._fsync()
 
-    def close(self) -> None:
-        """Write what is pending and an END record, fsync, close. Safe to call twice."""
+    def close(self, **end_extra: Any) -> None:
+        """Write the pending block and an END record (the counters and ``end_extra``), fsync,
+        close. After a failed write it still tries the END record. Safe to call twice."""
         if self._closed:
             return
         try:
-            if self._failed is None:
-                if self._block_entries:
+            if self._block_entries and self._failed is None:
+                try:
                     self._emit_block()
-                end = {"records": self.records, "frame_bytes": self.bytes,
-                       "closed_unix_ns": time.time_ns(), "fsyncs": self.fsyncs + 1}
-                body = json.dumps(end).encode()
-                self._put_record(KIND_END, 0, len(body), time.time_ns(), body, _crc32(body))
-                self._drain()
+                except OSError:
+                    pass  # truncated back to the last whole record; the END record may still fit
+            end = {"records": self.frames_written, "frame_bytes": self.bytes, "closed_unix_ns": time.time_ns(),
+                   "fsyncs": self.fsyncs + 1, **end_extra}
+            if self._failed is not None:
+                end["error"] = self._failed
+            body = json.dumps(end, default=str).encode()
+            try:
+                self._put_record(KIND_END, 0, time.time_ns(), body, force=True)
                 self._fsync()
+            except OSError:
+                pass  # _put_record truncated it away: the file ends at its last whole record
         finally:
             self._abort()
 
@@ -268,58 +323,65 @@ class CaptureWriter:
         if self._failed is not None:
             raise OSError(f"capture {self.path} failed earlier ({self._failed}); no more records are written")
 
-    def _put_record(self, kind: int, count: int, length: int, t: int, body, body_crc: int) -> None:
-        head = RECORD_HEADER.pack(RECORD_MARKER, kind, 0, count, length, t)
-        self._buf += head
-        self._buf += _U32.pack(_crc32(head))
-        if length >= self._buffer_bytes:  # big frame: no copy into the buffer
-            self._drain()
-            self._write_all(body)
-        else:
-            self._buf += body
-        self._buf += _U32.pack(body_crc)
-        if len(self._buf) >= self._buffer_bytes:
-            self._drain()
+    def _put_record(self, kind: int, count: int, t: int, body, *, force: bool = False) -> None:
+        """Write one whole record with one writev (no copy of the body)."""
+        if self._failed is not None and not force:
+            raise OSError(f"capture {self.path} failed earlier ({self._failed})")
+        head = RECORD_HEADER.pack(RECORD_MARKER, kind, 0, count, len(body), t)
+        head += _U32.pack(_crc32(head))
+        self._write_whole(head, body, _U32.pack(_crc32(body)))
 
     def _emit_block(self) -> None:
         block = self._zc.compress(self._block)
-        self._put_record(KIND_ZBLOCK, self._block_entries, len(block), self._block_t0, block, _crc32(block))
+        entries, t0 = self._block_entries, self._block_t0
         self._block = bytearray()
-        self._block_entries = 0
-
-    def _drain(self) -> None:
-        if self._buf:
-            self._write_all(self._buf)
-            self._buf = bytearray()
-
-    def _write_all(self, data) -> None:
-        mv = memoryview(data)
+        self._block_entries = 0  # gone either way: a failed write truncates the block away
         try:
-            while mv:
-                n = os.write(self._fd, mv)
+            self._put_record(KIND_ZBLOCK, entries, t0, block)
+        except OSError:
+            self.records -= entries  # never in the file
+            raise
+        self._frames_written += entries
+
+    def _write_whole(self, *parts) -> None:
+        """Write ``parts`` back to back; on any failure truncate to the last whole record."""
+        good = self.file_bytes
+        views = [memoryview(p).cast("B") for p in parts]
+        try:
+            while views:
+                n = os.writev(self._fd, views)
                 self.file_bytes += n
-                mv = mv[n:]
+                while views and n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
         except OSError as exc:
-            self._failed = f"{type(exc).__name__}: {exc}"
+            if self._failed is None:
+                self._failed = f"{type(exc).__name__}: {exc}"
+            try:  # a record cut part-way would be a torn tail; take it back out
+                os.ftruncate(self._fd, good)
+                os.lseek(self._fd, good, os.SEEK_SET)  # ftruncate leaves the offset: no hole before END
+                self.file_bytes = good
+            except OSError:
+                pass
             raise
 
     def _maybe_sync(self) -> None:
         interval = self.fsync_interval_s
         if interval is None:
-            if len(self._buf) >= self._buffer_bytes:
-                self._drain()
             return
         if time.monotonic() - self._last_sync >= interval:
             if self._block_entries:
                 self._emit_block()
-            self._drain()
             self._fsync()
 
     def _fsync(self) -> None:
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            self._failed = f"fsync: {exc}"
+            if self._failed is None:
+                self._failed = f"fsync: {exc}"
             raise
         self.fsyncs += 1
         self._last_sync = time.monotonic()
@@ -391,13 +453,138 @@ def _parse_header(f, name: str) -> tuple[dict[str, Any], tuple[int, int], int, i
     doc, (crc,) = rest[:length], _U32.unpack_from(rest, length)
     if _crc32(doc, _crc32(head)) != crc:
         raise CaptureError(f"{name}: capture header is corrupt (CRC-32 mismatch)")
-    try:
-        header = json.loads(doc.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise CaptureError(f"{name}: capture header JSON is invalid: {exc}") from None
+    header = _load_header_document(doc, name)
     return header, (major, minor), flags, FILE_HEADER_SIZE + length + 4
+
+
+# ---------------------------------------------------------------------------------------
+# The header document: bounded parsing and a schema for the keys this version writes
+# ---------------------------------------------------------------------------------------
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays/objects a header (or END) document may have. Checked on the
+bytes before json.loads, whose recursion would otherwise raise RecursionError (or, in a
+thread with a small stack, overflow it) and whose result json.dumps could not print."""
+
+# A string, or an unterminated one up to the end: each quote starts at most one scan, so
+# stripping strings stays linear even on `"\\"\\"\\"...` without a closing quote.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+_HEADER_SCHEMA: dict[str, tuple[type, ...]] = {
+    # key: allowed JSON types (int excludes bool). Readers accept unknown keys and require none.
+    "format": (str,), "format_version": (str,), "ionstream_version": (str,), "created": (str,),
+    "created_unix_ns": (int,), "host": (str,), "pid": (int,), "host_clock": (str,),
+    "compression": (dict, type(None)), "description": (dict,), "part": (dict, type(None)),
+}
+_SUB_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "compression": {"codec": (str,), "level": (int,), "block_bytes": (int,)},
+    "part": {"index": (int,), "previous": (str, type(None)), "first": (str, type(None))},
+}
+_TYPE_NAMES = {dict: "a JSON object", list: "an array", str: "a string", int: "an integer",
+               float: "a number", bool: "true/false", type(None): "null"}
+
+
+def json_depth(doc: bytes) -> int:
+    """Deepest array/object nesting in the JSON text ``doc`` (brackets inside strings do not count).
+
+    Linear and non-recursive (a regex and a cumulative sum), so safe on any input.
+    """
+    bare = _JSON_STRING.sub(b"", doc)
+    if not bare:
+        return 0
+    steps = _OPEN[np.frombuffer(bare, dtype=np.uint8)]
+    if not steps.any():
+        return 0
+    return int(np.cumsum(steps, dtype=np.int64).max())
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (a non-finite number)")
+
+
+def load_json_object(doc: bytes, what: str) -> dict[str, Any]:
+    """Parse ``doc`` as one JSON object with bounded depth, finite numbers and well-formed
+    strings (no unpaired UTF-16 surrogates, which no UTF-8 output can print).
+
+    Raises ValueError naming the problem; ``what`` says which document it is.
+    """
+    try:
+        text = doc.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} is not UTF-8 (byte {exc.start}: {doc[exc.start:exc.start + 1].hex()})") from None
+    depth = json_depth(doc)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{what} is nested {depth} levels deep (at most {MAX_JSON_DEPTH} allowed)")
+    value = json.loads(text, parse_constant=_reject_constant)
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} is {_type_name(value)}, not a JSON object")
+    _check_strings(value, what)
+    return value
+
+
+def _check_strings(value: Any, what: str) -> None:
+    """Every key and string in ``value`` encodes to UTF-8 (iterative: depth is already bounded)."""
+    stack = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                _check_string(k, what, where or "(top level)")
+                stack.append((v, f"{where}.{k}" if where else k))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, what, where)
+
+
+def _check_string(s: str, what: str, where: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} key {where!r} holds an unpaired UTF-16 surrogate "
+                         f"(\\u{ord(s[exc.start]):04x}) that cannot be printed") from None
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def check_header_schema(header: dict[str, Any]) -> None:
+    """ValueError naming the first key this version writes that holds the wrong type."""
+    for key, types in _HEADER_SCHEMA.items():
+        if key in header and not _is_a(header[key], types):
+            raise ValueError(f"key {key!r} must be {' or '.join(_TYPE_NAMES[t] for t in types)}, "
+                             f"found {_type_name(header[key])}")
+    for key, schema in _SUB_SCHEMA.items():
+        sub = header.get(key)
+        if not isinstance(sub, dict):
+            continue
+        for k, types in schema.items():
+            if k in sub and not _is_a(sub[k], types):
+                raise ValueError(f"key '{key}.{k}' must be {' or '.join(_TYPE_NAMES[t] for t in types)}, "
+                                 f"found {_type_name(sub[k])}")
+    part = header.get("part")
+    if isinstance(part, dict) and isinstance(part.get("index"), int) and part["index"] < 0:
+        raise ValueError(f"key 'part.index' must be >= 0, found {part['index']}")
+
+
+def _load_header_document(doc: bytes, name: str) -> dict[str, Any]:
+    try:
+        header = load_json_object(doc, "the header document")
+        check_header_schema(header)
+    except ValueError as exc:
+        raise CaptureError(f"{name}: capture header JSON is invalid: {exc}; the file was not written by a "
+                           "conforming capture writer (docs/capture.md, 'Header document')") from None
+    return header
 
 
 def _what_is(head: bytes, name: str) -> str:
@@ -445,8 +632,12 @@ class CaptureReader:
         self.torn_tail_bytes = 0
         self.corrupt_bytes = 0          # bytes skipped between whole records
         self.corrupt_regions = 0
+        self.damage: list[str] = []     # what each damaged region was (the first MAX_DAMAGE_NOTES)
         self.unknown_records = 0        # whole records of kinds this version does not know (skipped)
+        self.frame_bytes = 0            # bytes of the frames yielded
         self.end: dict[str, Any] | None = None
+        self.end_offset: int | None = None        # file offset just after the END record
+        self.torn_tail_offset: int | None = None  # where the torn tail starts
         self.file_size = 0
 
     @property
@@ -486,60 +677,110 @@ class CaptureReader:
                 nxt = scanner.find_record(pos + 1)
                 if nxt is None:
                     self.torn_tail_bytes = size - pos
+                    self.torn_tail_offset = pos
                     return
-                self.corrupt_bytes += nxt - pos
-                self.corrupt_regions += 1
+                self._damaged(pos, nxt - pos, "bytes that are not a whole record")
                 pos = nxt
                 continue
             kind, count, t, body, end = rec
             start, pos = pos, end
             if kind == KIND_FRAME:
+                if count != 1:  # checked like a ZBLOCK's count: a record that lies is not trusted
+                    self._damaged(start, end - start, f"FRAME record with count {count} (must be 1)")
+                    continue
                 self.records += 1
+                self.frame_bytes += len(body)
                 yield CaptureRecord(t, body)
             elif kind == KIND_ZBLOCK:
-                entries = self._unpack_block(body, count)
-                if entries is None:
-                    self.corrupt_bytes += end - start  # CRC-valid but undecodable: count it as damage
-                    self.corrupt_regions += 1
+                try:
+                    entries = self._unpack_block(body, count)
+                except _BadBlock as exc:
+                    self._damaged(start, end - start, f"ZBLOCK record: {exc}")
                     continue
                 for entry in entries:
                     self.records += 1
+                    self.frame_bytes += len(entry.frame)
                     yield entry
             elif kind == KIND_END:
                 try:
-                    self.end = json.loads(bytes(body))
+                    self.end = load_json_object(bytes(body), "END record")
                 except ValueError:
-                    self.end = {}
+                    self.end = {}  # whole (CRCs right) but not readable: the writer still closed the file
+                self.end_offset = end
             else:
                 self.unknown_records += 1
 
-    def _unpack_block(self, body: memoryview, count: int) -> list[CaptureRecord] | None:
+    def _damaged(self, offset: int, nbytes: int, what: str) -> None:
+        self.corrupt_bytes += nbytes
+        self.corrupt_regions += 1
+        if len(self.damage) < MAX_DAMAGE_NOTES:
+            self.damage.append(f"offset {offset}: {nbytes} bytes skipped: {what}")
+
+    def _unpack_block(self, body: memoryview, count: int) -> list[CaptureRecord]:
+        """The block's ``count`` entries, or _BadBlock. Work and memory are bounded before
+        anything is expanded: the count and the declared content size are checked first,
+        then the content is streamed entry by entry and reading stops at ``count``."""
         import zstandard
 
+        if not 1 <= count <= MAX_ZBLOCK_ENTRIES:
+            raise _BadBlock(f"count {count} (must be 1..{MAX_ZBLOCK_ENTRIES})")
+        try:
+            size = zstandard.get_frame_parameters(body).content_size
+        except zstandard.ZstdError as exc:
+            raise _BadBlock(f"body is not a zstd frame ({exc})") from None
+        if size == zstandard.CONTENTSIZE_UNKNOWN:
+            raise _BadBlock("zstd frame does not declare its content size")
+        if size > MAX_ZBLOCK_DECOMPRESSED:
+            raise _BadBlock(f"declares {size} bytes decompressed, more than a block may hold "
+                            f"({MAX_ZBLOCK_DECOMPRESSED})")
+        if size < count * ZENTRY.size:
+            raise _BadBlock(f"declares {size} bytes decompressed, too few for its {count} entries")
         if self._dctx is None:
             self._dctx = zstandard.ZstdDecompressor()
+        out: list[CaptureRecord] = []
+        left = size
         try:
-            params = zstandard.get_frame_parameters(body)
-            if params.content_size > MAX_ZBLOCK_DECOMPRESSED:
-                return None
-            data = self._dctx.decompress(body, max_output_size=MAX_ZBLOCK_DECOMPRESSED)
-        except zstandard.ZstdError:
-            return None
-        mv = memoryview(data)
-        out = []
-        pos, end = 0, len(mv)
-        while pos < end:
-            if end - pos < ZENTRY.size:
-                return None
-            t, n = ZENTRY.unpack_from(mv, pos)
-            pos += ZENTRY.size
-            if end - pos < n:
-                return None
-            out.append(CaptureRecord(t, mv[pos:pos + n]))
-            pos += n
-        if len(out) != count:
-            return None
+            stream = self._dctx.stream_reader(body, read_across_frames=False)
+            while len(out) < count:
+                head = _read_exact(stream, ZENTRY.size)
+                if head is None:
+                    raise _BadBlock(f"content ends after {len(out)} of its {count} entries")
+                t, n = ZENTRY.unpack(head)
+                left -= ZENTRY.size
+                if n > left:
+                    raise _BadBlock(f"entry {len(out)} claims {n} bytes, more than the {left} left in the block")
+                frame = _read_exact(stream, n)
+                if frame is None:
+                    raise _BadBlock(f"content ends inside entry {len(out)}")
+                left -= n
+                out.append(CaptureRecord(t, memoryview(frame)))
+            if left or stream.read(1):
+                raise _BadBlock(f"holds more than its {count} entries")
+        except zstandard.ZstdError as exc:
+            raise _BadBlock(f"zstd frame does not decompress ({exc})") from None
         return out
+
+
+class _BadBlock(Exception):
+    """A whole ZBLOCK record (CRCs right) whose content is not what its header says."""
+
+
+def _read_exact(stream, n: int) -> bytes | None:
+    """n bytes from a zstd stream reader (None if the content ends first)."""
+    if n == 0:
+        return b""
+    data = stream.read(n)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            return None
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 class _Scanner:
@@ -659,8 +900,11 @@ class CaptureInfo:
     torn_tail: bool = False
     torn_tail_bytes: int = 0
     corrupt_bytes: int = 0           # damaged bytes skipped between whole records
+    damage: list = field(default_factory=list)  # what each damaged region was (the first 20)
     closed_cleanly: bool = False     # the writer's END record is present
+    after_end_bytes: int = 0         # bytes after the END record (damage: a writer never appends after END)
     compressed: bool = False
+    part: dict | None = None         # rotated recordings: {"index", "previous", "first"} (header "part")
 
     @property
     def description(self) -> dict[str, Any]:
@@ -700,6 +944,12 @@ class CaptureInfo:
         ]
         if self.corrupt_bytes:
             lines.append(f"damage         {self.corrupt_bytes:,} bytes skipped between whole records")
+            lines.extend(f"               {note}" for note in self.damage)
+        if self.after_end_bytes:
+            lines.append(f"after END      {self.after_end_bytes:,} bytes after the END record (damage)")
+        if self.part:
+            lines.append(f"part           {self.part.get('index')} of a rotated recording"
+                         + (f", after {self.part['previous']}" if self.part.get("previous") else ""))
         lines.append(f"closed cleanly {'yes' if self.closed_cleanly else 'no (no END record: the writer was stopped abruptly)'}")
         settings = {k: v for k, v in self.description.items() if k != "source"}
         if settings:
@@ -708,55 +958,131 @@ class CaptureInfo:
 
     @property
     def ok(self) -> bool:
-        """No damage of any kind: whole records only, every one a valid frame."""
-        return not (self.torn_tail or self.corrupt_bytes or self.invalid_records or self.crc_errors)
+        """No damage of any kind and no torn tail: whole records only, every one a valid frame."""
+        return not (self.torn_tail or self.damaged)
+
+    @property
+    def damaged(self) -> bool:
+        """Real damage: anything but a torn tail after the last whole record (see outcome)."""
+        return bool(self.corrupt_bytes or self.invalid_records or self.crc_errors or self.after_end_bytes)
+
+    @property
+    def outcome(self) -> str:
+        """``ok``, ``torn_tail`` or ``damaged`` (what `capture verify` reports).
+
+        ``torn_tail``: every record up to the last whole one is intact and only the bytes after
+        it are not a whole record, the documented result of a crash or power cut while
+        writing (no END record). The frames are all there; the tail is ignored by every reader.
+        """
+        if self.damaged:
+            return "damaged"
+        return "torn_tail" if self.torn_tail else "ok"
 
 
 def _samples_text(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}..{hi}"
 
 
+# ---------------------------------------------------------------------------------------
+# A capture's device frames: the one definition
+# ---------------------------------------------------------------------------------------
+
+class CaptureFrames:
+    """The decoded device frames of a capture: ``for host_time_ns, frame in iter_frames(reader)``.
+
+    This is the one definition of "a capture's frames" that ionstream's readers share
+    (``capture info``/``verify``, replay, mzML export, reprocess). ``per_record=True`` (the
+    format's rule, docs/capture.md "Frames of a capture") decodes each record on its own
+    with a reset decoder: a record holds one frame, so a record that is not exactly one
+    valid frame is counted in ``invalid_records`` and can never swallow bytes of the next
+    one; any valid frames inside it are still yielded. ``per_record=False`` decodes the
+    records' bytes as one stream, as the acquisition thread decodes a live byte stream;
+    it is for captures of raw reads by third-party writers, and counts ``invalid_records``
+    as 0.
+
+    Each ``frame`` is an ``instrument.frames.DecodedFrame`` (header, raw, payload). With
+    ``per_record=True`` its views point into the reader's immutable record bytes and may
+    be kept; with ``per_record=False`` a frame that straddles records lives only until the
+    next item. ``decoder`` (a FrameDecoder) holds the frame counters (CRC errors, gaps, ...).
+
+    Counters, valid during and after iteration: ``records`` (records read), ``record_bytes``,
+    ``invalid_records``, ``first_host_time_ns`` / ``last_host_time_ns`` (of records, None
+    before the first). The reader's own counters (torn tail, damage, END) are on ``reader``.
+    """
+
+    def __init__(self, reader: CaptureReader, *, per_record: bool = True, decoder=None):
+        from instrument.frames import FrameDecoder
+
+        self.reader = reader
+        self.per_record = per_record
+        self.decoder = decoder if decoder is not None else FrameDecoder()
+        self.records = 0
+        self.record_bytes = 0
+        self.invalid_records = 0
+        self.first_host_time_ns: int | None = None
+        self.last_host_time_ns: int | None = None
+
+    def __iter__(self):
+        decoder, per_record = self.decoder, self.per_record
+        for t, record in self.reader:
+            self.records += 1
+            self.record_bytes += len(record)
+            if self.first_host_time_ns is None:
+                self.first_host_time_ns = t
+            self.last_host_time_ns = t
+            if not per_record:
+                for frame in decoder.feed(record):
+                    yield t, frame
+                continue
+            whole = found = 0
+            for frame in decoder.feed(record):
+                found += 1
+                whole += len(frame.raw) == len(record)
+                yield t, frame
+            if whole != 1 or found != 1 or decoder.buffered:
+                self.invalid_records += 1
+            decoder.reset()  # a record is one frame: never join bytes across records
+
+
+def iter_frames(reader: CaptureReader, *, per_record: bool = True, decoder=None) -> CaptureFrames:
+    """The decoded frames of ``reader`` as ``(host_time_ns, DecodedFrame)``; see CaptureFrames."""
+    return CaptureFrames(reader, per_record=per_record, decoder=decoder)
+
+
 def capture_info(path: str | os.PathLike) -> CaptureInfo:
-    """Scan the whole capture, decoding every recorded frame with FrameDecoder."""
-    from instrument.frames import FrameDecoder, FrameType
+    """Scan the whole capture, decoding every recorded frame (iter_frames, per record)."""
+    from instrument.frames import FrameType
 
     with CaptureReader(path) as reader:
         info = CaptureInfo(path=str(path), format_version="%d.%d" % reader.version,
                            file_bytes=os.path.getsize(path), header=reader.header, compressed=reader.compressed)
-        decoder = FrameDecoder()
-        stats = decoder.stats
+        frames = iter_frames(reader, per_record=True)
+        stats = frames.decoder.stats
         first_dev = last_dev = None
         first_scan_t = last_scan_t = None
         lo = hi = None
-        for t, frame in reader:
-            info.records += 1
-            info.frame_bytes += len(frame)
-            if info.first_host_time_ns is None:
-                info.first_host_time_ns = t
-            info.last_host_time_ns = t
-            frames_before = stats.frames
-            whole = 0
-            for decoded in decoder.feed(frame):
-                h = decoded.header
-                if len(decoded.raw) == len(frame):
-                    whole += 1
-                if first_dev is None:
-                    first_dev = h.device_time_ns
-                last_dev = h.device_time_ns
-                if h.frame_type == FrameType.SCAN:
-                    n = h.n_samples
-                    lo = n if lo is None or n < lo else lo
-                    hi = n if hi is None or n > hi else hi
-                    if first_scan_t is None:
-                        first_scan_t = t
-                    last_scan_t = t
-            if whole != 1 or stats.frames - frames_before != 1:
-                info.invalid_records += 1
-            decoder.reset()  # a record is one frame: never join bytes across records
+        for t, decoded in frames:
+            h = decoded.header
+            if first_dev is None:
+                first_dev = h.device_time_ns
+            last_dev = h.device_time_ns
+            if h.frame_type == FrameType.SCAN:
+                n = h.n_samples
+                lo = n if lo is None or n < lo else lo
+                hi = n if hi is None or n > hi else hi
+                if first_scan_t is None:
+                    first_scan_t = t
+                last_scan_t = t
+        info.records, info.frame_bytes = frames.records, frames.record_bytes
+        info.first_host_time_ns, info.last_host_time_ns = frames.first_host_time_ns, frames.last_host_time_ns
+        info.invalid_records = frames.invalid_records
         info.torn_tail_bytes = reader.torn_tail_bytes
         info.torn_tail = reader.torn_tail_bytes > 0
         info.corrupt_bytes = reader.corrupt_bytes
+        info.damage = list(reader.damage)
         info.closed_cleanly = reader.end is not None
+        info.after_end_bytes = _after_end(reader)
+        info.part = reader.header.get("part")
     info.scans = stats.scan_frames
     info.status_frames = stats.status_frames
     info.sequence_gaps = stats.sequence_gaps
@@ -776,3 +1102,11 @@ def capture_info(path: str | os.PathLike) -> CaptureInfo:
     if info.duration_host_s > 0:
         info.mb_per_s = info.frame_bytes / info.duration_host_s / 1e6
     return info
+
+
+def _after_end(reader: CaptureReader) -> int:
+    """Bytes after the END record: a writer never appends after END, so they are damage,
+    not the torn tail of a crash."""
+    if reader.end_offset is None:
+        return 0
+    return max(0, reader.file_size - reader.end_offset)

@@ -62,6 +62,11 @@ class CaptureConfig:
     fsync_interval_s: float = _f(1.0, "seconds between fsyncs of an open capture (crash-safety window)",
                                  min=0.0)
     compress: bool = _f(False, "zstd-compress capture records")
+    rotate_bytes: int = _f(0, "start a new capture part (run1.0001.isc, ...) before a part grows past this "
+                           "many bytes; 0 = never", min=0)
+    rotate_s: float = _f(0.0, "start a new capture part after this many seconds; 0 = never", min=0.0)
+    min_free_bytes: int = _f(1 << 30, "stop recording (cleanly, acquisition goes on) when less than this many "
+                             "bytes are free on the capture's filesystem; 0 = only when a write fails", min=0)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instrument.capture import (
-    FILE_HEADER, FORMAT_MAJOR, KIND_NAMES, MAGIC, RECORD_HEADER, RECORD_MARKER, RECORD_OVERHEAD, CaptureError,
+    FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, KIND_NAMES, MAGIC, RECORD_HEADER, RECORD_MARKER, RECORD_OVERHEAD, CaptureError,
     CaptureInfo, CaptureReader, CaptureVersionError, CaptureWriter, NotACaptureError, capture_info,
 )
 from instrument.frames import encode_scan, encode_status
@@ -76,7 +76,7 @@ def test_round_trip(tmp_path, compress):
     assert r.torn_tail_bytes == 0 and r.corrupt_bytes == 0 and r.records == 300
     assert r.end["records"] == 300 and r.end["frame_bytes"] == w.bytes
     h = r.header
-    assert h["format"] == "ionstream-capture" and h["format_version"] == "1.0"
+    assert h["format"] == "ionstream-capture" and h["format_version"] == f"1.{FORMAT_MINOR}"
     assert h["description"] == {"source": {"url": "test://", "kind": "test"}, "settings": {"x": 1}}
     assert {"ionstream_version", "created", "created_unix_ns", "host", "host_clock"} <= set(h)
     assert r.compressed == compress and (h["compression"] is not None) == compress
@@ -90,12 +90,12 @@ def test_round_trip(tmp_path, compress):
 
 @COMPRESS
 def test_frames_larger_than_the_buffers(tmp_path, compress):
-    """Frames bigger than the write buffer (written straight through) and the read window."""
+    """Frames bigger than a compressed block and the read window."""
     rng = np.random.default_rng(1)
     frames = [encode_scan(rng.integers(0, 9, size=k).astype(np.uint16), sequence=i, scan_number=i,
                           device_time_ns=i) for i, k in enumerate([10, 300_000, 5, 700_000, 40_000, 1])]
     path = tmp_path / "big.isc"
-    write_capture(path, frames, compress=compress, buffer_bytes=64 * 1024, block_bytes=200_000)
+    write_capture(path, frames, compress=compress, block_bytes=200_000)
     for read_size in (4096, 1 << 20):
         with CaptureReader(path, read_size=read_size) as r:
             assert [bytes(f) for _, f in r] == frames and r.torn_tail_bytes == 0
@@ -171,6 +171,20 @@ def test_fsync_schedule(tmp_path):
     assert w.fsyncs == 1                   # close only
     w = write_capture(tmp_path / "hour.isc", frames, fsync_interval_s=3600)
     assert w.fsyncs == 1
+
+
+def test_each_append_is_in_the_os_when_it_returns(tmp_path):
+    """Write-through (issue 14 item 14): a record is in the page cache, which survives a
+    killed process, as soon as append() returns; nothing waits in a process buffer."""
+    frames = make_frames(20)
+    path = tmp_path / "wt.isc"
+    w = CaptureWriter(path, {}, fsync_interval_s=None)
+    for i, f in enumerate(frames):
+        w.append(f, i)
+        got, r = read_all(path)              # another file description: sees only what the OS has
+        assert [g for _, g in got] == frames[:i + 1] and r.torn_tail_bytes == 0
+        assert w.frames_written == i + 1 and w.file_bytes == os.path.getsize(path)
+    w.close()
 
 
 def test_flush_hands_everything_to_the_os(tmp_path):
@@ -416,12 +430,36 @@ def test_cli_info_and_verify(tmp_path, capsys):
     assert d["scans"] == 27 and d["torn_tail"] is False and d["records"] == 30
     assert main(["capture", "verify", str(path)]) == 0
     assert "ok" in capsys.readouterr().out
-    path.write_bytes(path.read_bytes()[:-10])
+    whole = path.read_bytes()
+    end_at = record_offsets(path)[-2]
+    tail = len(whole) - 10 - end_at
+    # a torn tail (the END record cut: a crash while closing) is intact: ok, exit 0, said so
+    path.write_bytes(whole[:-10])
+    assert main(["capture", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and f"torn tail: {tail} bytes ignored" in out and "DAMAGED" not in out
+    assert main(["capture", "verify", "--json", str(path)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["outcome"] == "torn_tail" and d["ok"] is True and d["torn_tail_bytes"] == tail and d["frames"] == 30
+    # a killed-but-whole capture (no END, no tail) is plainly ok
+    path.write_bytes(whole[:end_at])
+    assert main(["capture", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok (30 frames" in out and "no END record" in out and "torn" not in out
+    # real damage in the middle: exit 1
+    bad = bytearray(whole)
+    bad[len(bad) // 2] ^= 0xFF
+    path.write_bytes(bytes(bad))
     assert main(["capture", "verify", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "DAMAGED" in out and "torn tail" in out
+    assert "DAMAGED" in out and "damaged bytes" in out
     assert main(["capture", "verify", "--json", str(path)]) == 1
-    assert json.loads(capsys.readouterr().out)["ok"] is False
+    d = json.loads(capsys.readouterr().out)
+    assert d["outcome"] == "damaged" and d["ok"] is False
+    # bytes after a whole END record: the writer never appends after END, so that is damage
+    path.write_bytes(whole + b"\x00" * 5)
+    assert main(["capture", "verify", str(path)]) == 1
+    assert "after the END record" in capsys.readouterr().out
     (tmp_path / "x.txt").write_text("not a capture")
     assert main(["capture", "info", str(tmp_path / "x.txt")]) == 2
     assert "not an ionstream capture file" in capsys.readouterr().err

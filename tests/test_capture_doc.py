@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from instrument.capture import (
-    FILE_HEADER, KIND_ZBLOCK, MAGIC, RECORD_HEADER, RECORD_MARKER, ZENTRY, CaptureReader, CaptureWriter,
+    FILE_HEADER, FORMAT_MINOR, KIND_ZBLOCK, MAGIC, RECORD_HEADER, RECORD_MARKER, ZENTRY, CaptureReader, CaptureWriter,
 )
 from instrument.frames import Calibration, encode_scan, encode_status
 
@@ -100,7 +100,7 @@ def test_writer_framing_matches_the_document(tmp_path):
         w.append(SCAN, T)
     written = path.read_bytes()
     magic, major, minor, flags, n = FILE_HEADER.unpack_from(written)
-    assert (magic, major, minor, flags) == (MAGIC, 1, 0, 0)
+    assert (magic, major, minor, flags) == (MAGIC, 1, FORMAT_MINOR, 0)
     assert struct.unpack_from("<I", written, 20 + n)[0] == zlib.crc32(written[:20 + n])
     # the FRAME record is byte-identical to the document's (after each file's header)
     assert written[24 + n:24 + n + 120] == doc[0x77:0x77 + 120]

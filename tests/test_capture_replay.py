@@ -226,3 +226,30 @@ def test_replay_through_acquisition_and_recorder_is_bit_exact(tmp_path):
         assert [bytes(f) for _, f in r] == frames
         assert r.torn_tail_bytes == 0 and r.end["records"] == 150
         assert r.description["source"]["recorded"]["source"]["url"] == "sim://?seed=3"
+
+
+def test_replay_and_capture_info_agree_on_records_that_are_not_one_frame(tmp_path, caplog):
+    """A third-party capture whose records split a frame: replay and `capture info` both use
+    iter_frames(per_record=True), so neither joins the halves into a frame (review item 6)."""
+    from instrument.capture import CaptureReader, capture_info, iter_frames
+
+    f0, f1, f2 = make_frames(3)
+    path = tmp_path / "split.isc"
+    with CaptureWriter(path, {}) as w:
+        for i, rec in enumerate([f0, f1[:-4], f1[-4:], f2]):
+            w.append(rec, T0 + i)
+    caplog.set_level("WARNING")
+    src = open_source(f"replay://{path}?speed=max")
+    out = drain(src, 4096)
+    assert out == f0 + f2 and src.invalid_records == 2
+    assert "2 records were not exactly one valid device frame" in caplog.text
+    info = capture_info(path)
+    assert info.records == 4 and info.invalid_records == 2 and info.scans + info.status_frames == 2
+    with CaptureReader(path) as r:
+        frames = iter_frames(r, per_record=True)
+        assert [bytes(f.raw) for _, f in frames] == [f0, f2] and frames.invalid_records == 2
+        stream = iter_frames(r, per_record=False)   # as a live byte stream: the halves join
+        assert [bytes(f.raw) for _, f in stream] == [f0, f1, f2] and stream.invalid_records == 0
+    # what the acquisition thread decodes from the replayed bytes is what capture info counted
+    dec = FrameDecoder()
+    assert [bytes(f.raw) for f in dec.feed(out)] == [f0, f2]

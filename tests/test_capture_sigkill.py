@@ -31,10 +31,8 @@ import sys, time
 from instrument.capture import CaptureWriter
 
 path, compress = sys.argv[1], sys.argv[2] == "1"
-# A small write buffer: most frames go to the file as separate header/body/CRC writes, so the
-# kill usually lands inside a record rather than between two whole ones.
-w = CaptureWriter(path, {"source": {"url": "test://sigkill"}}, fsync_interval_s=0.05, compress=compress,
-                  buffer_bytes=16384)
+# Every record goes to the OS with one writev as it is appended; the kill lands wherever.
+w = CaptureWriter(path, {"source": {"url": "test://sigkill"}}, fsync_interval_s=0.05, compress=compress)
 i = 0
 while True:
     w.append(frame(i), time.time_ns())

@@ -10,8 +10,12 @@ Options:
          (soak tests). Each pass replays the same bytes; the frames' sequence numbers
          start over too, which the decoder counts as a device restart, not a gap.
 
-Bit-exact: the bytes read are exactly the recorded frames, in order, whole records
-only (a torn tail is ignored and logged once). Paced replay follows an absolute
+Bit-exact: the bytes read are exactly the recorded frames, in order, as
+``instrument.capture.iter_frames(reader, per_record=True)`` finds them (the one
+definition every capture reader shares): a record that is not exactly one valid frame
+contributes only the valid frames inside it, and is counted in ``invalid_records`` and
+logged once, so replay, `capture info`, mzML export and reprocess agree on every file.
+A torn tail and damaged records are ignored and logged once. Paced replay follows an absolute
 schedule (no drift); negative host-time steps (a wall clock set back) count as zero.
 A read returns only frames that are due, so the acquisition thread stamps each batch
 close to its recorded pace.
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from instrument.capture import CaptureError, CaptureReader, read_header
+from instrument.capture import CaptureError, CaptureFrames, CaptureReader, iter_frames, read_header
 from instrument.sources.base import EndOfSource, Source, SourceConfigError, SourceURL
 
 OPTIONS = {"speed", "loop"}
@@ -92,7 +96,9 @@ class ReplaySource(Source):
         self.bytes = 0         # bytes emitted
         self.passes = 0        # completed passes over the file
         self.torn_tail_bytes = 0
+        self.invalid_records = 0   # records that were not exactly one valid frame (first pass)
         self._reader: CaptureReader | None = None
+        self._frames: CaptureFrames | None = None
         self._records = None
         self._pending = memoryview(b"")
         self._next: tuple[int, memoryview] | None = None   # read ahead, not yet due
@@ -111,7 +117,7 @@ class ReplaySource(Source):
             raise SourceConfigError(f"capture file {self.path} disappeared") from None
         except CaptureError as exc:
             raise SourceConfigError(str(exc)) from None
-        self._records = iter(self._reader)
+        self._start_pass()
         self._t_start = time.monotonic()
 
     def readinto(self, buf: memoryview) -> int:
@@ -138,6 +144,7 @@ class ReplaySource(Source):
     def close(self) -> None:
         reader, self._reader = self._reader, None
         self._records = None
+        self._frames = None
         self._next = None
         self._pending = memoryview(b"")
         if reader is not None:
@@ -186,23 +193,34 @@ class ReplaySource(Source):
         if last is not None and t > last:
             self._offset_ns -= t - last
 
+    def _start_pass(self) -> None:
+        self._frames = iter_frames(self._reader, per_record=True)
+        self._records = iter(self._frames)
+
     def _read_record(self):
-        """The next (host_time_ns, frame), starting a new pass when looping; None at the end."""
+        """The next (host_time_ns, frame bytes), starting a new pass when looping; None at the end."""
         while self._records is not None:
-            rec = next(self._records, None)
-            if rec is not None:
-                return rec
-            reader = self._reader
+            item = next(self._records, None)
+            if item is not None:
+                # per_record frames are views of the reader's immutable record bytes: no copy
+                return item[0], item[1].raw
+            reader, frames = self._reader, self._frames
             self.passes += 1
             self.torn_tail_bytes = reader.torn_tail_bytes
             if reader.torn_tail_bytes and not self._warned_tail:
                 self._warned_tail = True
                 log.warning("%s: torn tail of %d bytes after the last whole record (ignored)",
                             self.path, reader.torn_tail_bytes)
-            if reader.corrupt_bytes and self.passes == 1:
-                log.warning("%s: %d damaged bytes skipped between whole records", self.path, reader.corrupt_bytes)
+            if self.passes == 1:
+                self.invalid_records = frames.invalid_records
+                if reader.corrupt_bytes:
+                    log.warning("%s: %d damaged bytes skipped between whole records", self.path,
+                                reader.corrupt_bytes)
+                if frames.invalid_records:
+                    log.warning("%s: %d records were not exactly one valid device frame; only the valid "
+                                "frames inside them were replayed", self.path, frames.invalid_records)
             if self.loop and reader.records > 0:
-                self._records = iter(reader)
+                self._start_pass()
                 self._last_host = None  # the next pass starts right after the last frame
                 continue
             self._records = None

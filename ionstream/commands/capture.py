@@ -9,21 +9,34 @@ HELP = "inspect a capture file (info) or check it for damage (verify)"
 DESCRIPTION = (
     "Capture files hold raw device frames with host receive times (docs/capture.md). "
     "`info` scans the whole file and prints scans, duration, rates, sequence gaps, CRC errors and "
-    "whether the tail is torn; `verify` exits 0 only for an undamaged file."
+    "whether the tail is torn; `verify` tells an intact file (exit 0, also with a torn tail) from "
+    "a damaged one (exit 1)."
 )
+VERIFY_DESCRIPTION = (
+    "Check a capture for damaged records, invalid frames and a torn tail. Outcomes: "
+    "'ok' (exit 0): every record whole, every frame valid. "
+    "'ok (torn tail: N bytes ignored)' (exit 0): the writer stopped mid-record (crash, kill or power "
+    "loss); every record before the tail is intact and every reader ignores the tail: keep the file. "
+    "'DAMAGED' (exit 1): damaged records, invalid frames, CRC errors or bytes after the END record; "
+    "the problems are listed, and the whole records are still readable. "
+    "Exit 2: not a readable capture (missing, not a capture, newer format, invalid header)."
+)
+EXIT_OK, EXIT_DAMAGED, EXIT_UNREADABLE = 0, 1, 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     info = sub.add_parser("info", help="scans, duration, rates, gaps, CRC errors, torn tail, header",
-                          description="Decode every recorded frame and summarise the capture.")
+                          description="Decode every recorded frame and summarise the capture. "
+                                      "Exit 0, or 2 if the file is not a readable capture.")
     info.add_argument("file", metavar="FILE")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    verify = sub.add_parser("verify", help="exit 0 if every record is whole and every frame valid, else 1",
-                            description="Check a capture for torn tails, damaged records and invalid frames. "
-                                        "Exit 0: undamaged; 1: damaged (problems listed); 2: not a readable capture.")
+    verify = sub.add_parser("verify", help="exit 0 if intact (a torn tail is intact), 1 if damaged, 2 if unreadable",
+                            description=VERIFY_DESCRIPTION)
     verify.add_argument("file", metavar="FILE")
-    verify.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    verify.add_argument("--json", action="store_true",
+                        help='print one JSON object: {"file", "outcome": "ok"|"torn_tail"|"damaged", "ok", '
+                             '"torn_tail_bytes", "frames", "scans", "closed_cleanly", "problems"}')
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,44 +44,53 @@ def main(args: argparse.Namespace) -> int:
 
     if args.action not in ("info", "verify"):
         print("use `ionstream capture info FILE` or `ionstream capture verify FILE`", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     try:
         info = capture_info(args.file)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"ionstream capture: {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     except CaptureError as exc:
         print(f"ionstream capture: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     if args.action == "info":
         if args.json:
             print(json.dumps(info.as_dict(), default=str))
         else:
             print(info.format())
-        return 0
+        return EXIT_OK
     problems = verify_problems(info)
+    outcome = info.outcome
     if args.json:
-        print(json.dumps({"file": args.file, "ok": not problems, "problems": problems}))
-    elif problems:
+        print(json.dumps({"file": args.file, "outcome": outcome, "ok": outcome != "damaged",
+                          "torn_tail_bytes": info.torn_tail_bytes, "frames": info.records, "scans": info.scans,
+                          "closed_cleanly": info.closed_cleanly, "problems": problems}))
+    elif outcome == "damaged":
         print(f"{args.file}: DAMAGED")
         for p in problems:
             print(f"  {p}")
     else:
+        tail = (f", torn tail: {info.torn_tail_bytes:,} bytes ignored (the writer stopped mid-record; "
+                "every record before it is intact)" if outcome == "torn_tail" else "")
         print(f"{args.file}: ok ({info.records:,} frames, {info.scans:,} scans, "
-              f"{'closed cleanly' if info.closed_cleanly else 'no END record'})")
-    return 1 if problems else 0
+              f"{'closed cleanly' if info.closed_cleanly else 'no END record'}{tail})")
+    return EXIT_DAMAGED if outcome == "damaged" else EXIT_OK
 
 
 def verify_problems(info) -> list[str]:
-    """Lines naming each kind of damage in ``info`` (empty: undamaged)."""
+    """Lines naming each kind of damage in ``info`` (empty: undamaged; a torn tail alone is
+    listed too, for --json, but does not make the file damaged)."""
     problems = []
-    if info.torn_tail:
-        problems.append(f"torn tail: {info.torn_tail_bytes} bytes after the last whole record")
     if info.corrupt_bytes:
         problems.append(f"{info.corrupt_bytes} damaged bytes between whole records")
+        problems.extend(f"  {note}" for note in info.damage)
     if info.invalid_records:
         problems.append(f"{info.invalid_records} records are not exactly one valid device frame")
     if info.crc_errors:
         problems.append(f"{info.crc_errors} frame CRC errors (header {info.header_crc_errors}, "
                         f"payload {info.payload_crc_errors})")
+    if info.after_end_bytes:
+        problems.append(f"{info.after_end_bytes} bytes after the END record (appended after the writer closed it)")
+    if info.torn_tail and not info.after_end_bytes:
+        problems.append(f"torn tail: {info.torn_tail_bytes} bytes after the last whole record (ignored)")
     return problems

@@ -91,8 +91,7 @@ def record_standalone(config: Config, out: str, duration_s: float | None, *, sta
     # happens at the device and shows up as sequence gaps in `capture info`.
     ring = RingBuffer(config.ring.slots, config.ring.resolved_slot_bytes(), "block")
     try:
-        recorder = Recorder(ring, out, {"source": source.describe(), "mode": "record"},
-                            fsync_interval_s=config.capture.fsync_interval_s, compress=config.capture.compress)
+        recorder = Recorder.from_config(ring, out, {"source": source.describe(), "mode": "record"}, config.capture)
     except FileExistsError:
         log.error("%s already exists; captures are never overwritten: choose another name", out)
         return 2
@@ -115,7 +114,8 @@ def record_standalone(config: Config, out: str, duration_s: float | None, *, sta
         with status.attached():
             while not signals.stop_requested.wait(config.status.interval_s):
                 status.show(figures.snapshot(acquisition, ring, recorder, out))
-                if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive:
+                if (deadline is not None and time.monotonic() >= deadline) or not acquisition.alive \
+                        or not recorder.alive:  # the recorder stopped itself (disk space, error): nothing to do
                     break
     finally:
         acquisition.stop()

@@ -75,6 +75,7 @@ class Pipeline:
                                                  ring_fill_max=config.status.ring_fill_max))
         self._health_reasons: dict[str, str] = {}
         self.record_error = ""
+        self.record_low_space = False
         self.model_reload = "idle"
         self._reload_thread: threading.Thread | None = None
         self.waiting_subscribers = False
@@ -294,10 +295,8 @@ class Pipeline:
             if self.recorder is not None:
                 raise RuntimeError(f"already recording to {self.recorder.path}; stop that first")
             description = {"source": self.source.describe(), "ring": vars(self.config.ring)}
-            self.recorder = Recorder(self.ring, path, description,
-                                     fsync_interval_s=self.config.capture.fsync_interval_s,
-                                     compress=self.config.capture.compress).start()
-            self.record_error = ""
+            self.recorder = Recorder.from_config(self.ring, path, description, self.config.capture).start()
+            self.record_error, self.record_low_space = "", False
         return path
 
     def record_stop(self) -> Path | None:
@@ -316,9 +315,10 @@ class Pipeline:
         """
         self.dsp.restart_failed()
         recorder = self.recorder
-        if recorder is not None and recorder.error:
-            self.record_error = f"recording to {recorder.path} stopped: {recorder.error}"
-            log.error("%s; acquisition and publishing go on", self.record_error)
+        if recorder is not None and recorder.state in ("stopped_low_space", "failed"):
+            # The recorder logged why and closed its file and ring reader; status keeps the reason.
+            self.record_error = f"recording to {recorder.current_path} stopped: {recorder.error or 'low disk space'}"
+            self.record_low_space = recorder.low_space
             self.record_stop()
         for name, state in self.stage_states().items():
             if state.startswith("failed") and not name.startswith("dsp"):
@@ -340,7 +340,8 @@ class Pipeline:
         states["publisher"] = _thread_state(self.publisher.alive, None, self.publisher.started)
         recorder = self.recorder
         if recorder is not None:
-            states["recorder"] = "running" if recorder.alive else "stopped"
+            states["recorder"] = "running" if recorder.alive else (
+                f"failed: {recorder.error}" if recorder.state == "failed" else "stopped")
         return states
 
     # ---- status ------------------------------------------------------------------------
@@ -436,9 +437,10 @@ class Pipeline:
             "drops_total": sum(drops.values()),
             "latency_p50_ms": lat[50],
             "latency_p99_ms": lat[99],
-            "recording": str(recorder.path) if recorder else "",
-            "recorded_frames": recorder.frames if recorder else 0,
-            "record_error": self.record_error,
+            "recording": str(recorder.current_path) if recorder and recorder.state == "recording" else "",
+            "recorded_frames": recorder.frames_written if recorder else 0,
+            "record_error": self.record_error or (recorder.error or "" if recorder else ""),
+            "record_low_space": self.record_low_space or bool(recorder and recorder.low_space),
             "classified": self._classified,
             "backend": self._backend_name() if self.batcher else "none",
             "model": f"{self.bundle.name} {self.bundle.version}" if self.bundle else "",

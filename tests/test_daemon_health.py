@@ -96,3 +96,39 @@ def test_model_reload_runs_in_the_background(tmp_path):
     finally:
         _, err = _stop(proc)
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 3 MiB filesystem (tmpfs; needs root, as CI has)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_stops_recording_not_acquisition(tmp_path, small_fs):
+    """Issue 14.5/14.6: a recording that fills its disk stops cleanly; status says so; scans go on."""
+    proc, control = _daemon(tmp_path, ["--source", "sim://?rate=200&samples=8192", "--backend", "none"],
+                            f'[capture]\ndir = "{small_fs}"\nmin_free_bytes = 1048576\n[status]\ninterval_s = 0.2\n')
+    try:
+        _poll(control, lambda s: s.get("scans", 0) >= 5)
+        with ControlClient(control, timeout=5.0) as client:
+            reply = client.request({"cmd": "record", "action": "start", "path": "full.isc"})
+        assert reply.get("ok"), reply
+        doc = _poll(control, lambda s: s.get("record_error", "") != "")
+        assert doc["record_low_space"] is True and doc["recording"] == ""
+        assert doc["health"] == "unhealthy" and "full.isc" in doc["health_reasons"]
+        before = doc["scans"]
+        _poll(control, lambda s: s["scans"] > before + 20)          # acquisition and publishing go on
+        cli = subprocess.run(IONSTREAM + ["status", "--control", control], capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 3, cli.stdout + cli.stderr
+    finally:
+        _, err = _stop(proc)
+    from instrument.capture import capture_info
+
+    info = capture_info(small_fs / "full.isc")   # closed and valid
+    assert info.scans > 0 and info.corrupt_bytes == 0 and not info.damage
+    assert "Traceback" not in err

@@ -59,13 +59,13 @@ class _RecordStatus:
     """The standalone recorder's status figures: scans/s and MB/s from the decoder's counters."""
 
     def __init__(self) -> None:
-        from ionstream.rates import RateMeter
+        from ionstream.rates import RateWindow
 
-        self._rates = RateMeter()
+        self._rates = RateWindow()
 
     def snapshot(self, acquisition, ring, recorder, out: str) -> dict:
         dec = acquisition.decoder.stats
-        rates = self._rates.update({"scans": dec.scan_frames, "bytes": dec.bytes_in})
+        rates = self._rates.sample({"scans": dec.scan_frames, "bytes": dec.bytes_in})
         return {"state": "recording", "scans_per_s": rates["scans"], "MBps": rates["bytes"] / 1e6,
                 "crc_errors": dec.header_crc_errors + dec.payload_crc_errors, "resyncs": dec.resyncs,
                 "sequence_gaps": dec.sequence_gaps, "ring_fill": ring.fill, "drops_total": recorder.dropped,

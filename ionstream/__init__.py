@@ -13,7 +13,7 @@ __all__ = ["Subscriber", "Message", "__version__"]
 def __getattr__(name: str):
     # Lazy, so `import ionstream` stays cheap for the CLI and needs no zmq until used.
     if name in ("Subscriber", "Message"):
-        from ionstream import subscriber
+        from ionstream.client import subscriber
 
         return getattr(subscriber, name)
     raise AttributeError(f"module 'ionstream' has no attribute {name!r}")

@@ -350,7 +350,7 @@ def tcp_port_problem(endpoint: str, key: str, *, any_port: bool) -> str | None:
 
 def bind_problems(publish: PublishConfig) -> list[str]:
     """The endpoints' form, ports and bind rules (loopback unless allow_remote or CURVE)."""
-    from ionstream.security import EndpointError, check_bind_endpoint
+    from ionstream.daemon.security import EndpointError, check_bind_endpoint
 
     problems = []
     secret, clients = publish.curve_server_secret, publish.curve_clients_dir

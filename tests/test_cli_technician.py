@@ -9,7 +9,7 @@ import time
 import pytest
 from support import IONSTREAM, free_port
 
-from ionstream.control import ControlClient, ControlError
+from ionstream.client.control import ControlClient, ControlError
 
 
 def _endpoints() -> tuple[str, str]:
@@ -203,9 +203,9 @@ class TestSmaller:
 
     def test_listen_counts_one_restart_once(self):
         """A publisher restart shows on every topic's next message; listen counts it once."""
-        from ionstream.commands.listen import Summary
-        from ionstream.publisher import Publisher
-        from ionstream.subscriber import Subscriber
+        from ionstream.cli.listen import Summary
+        from ionstream.daemon.publisher import Publisher
+        from ionstream.client.subscriber import Subscriber
 
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         summary = Summary()

@@ -7,9 +7,10 @@ import threading
 import pytest
 import zmq
 
-from ionstream.control import (COMMANDS, ControlClient, ControlError, ControlServer, ControlTimeout,
-                               parse_request)
-from ionstream.security import EndpointError
+from ionstream.client.control import COMMANDS, ControlClient, ControlError, ControlTimeout, parse_request
+
+from ionstream.daemon.control import ControlServer
+from ionstream.daemon.security import EndpointError
 
 
 class FakeDaemon:

@@ -9,10 +9,11 @@ import pytest
 import zmq
 
 from ionstream import Subscriber
-from ionstream.control import ControlAuthError, ControlClient, ControlServer
-from ionstream.publisher import Publisher
-from ionstream.security import (CurveClient, CurveServer, SecurityError, generate_keypair, load_keypair,
-                                load_public_key)
+from ionstream.client.control import ControlAuthError, ControlClient
+from ionstream.daemon.control import ControlServer
+from ionstream.daemon.publisher import Publisher
+from ionstream.client.keys import CurveClient, SecurityError, generate_keypair, load_keypair, load_public_key
+from ionstream.daemon.security import CurveServer
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
 

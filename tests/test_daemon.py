@@ -14,7 +14,7 @@ def _endpoints() -> list[str]:
 
 def _wait_for_scans(control: str, scans: int, proc, timeout: float = 60.0) -> None:
     """Poll the daemon's control socket until it has published ``scans`` scans (no sleeping and hoping)."""
-    from ionstream.control import ControlClient, ControlError
+    from ionstream.client.control import ControlClient, ControlError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

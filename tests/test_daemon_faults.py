@@ -13,8 +13,8 @@ import numpy as np
 import zmq
 
 from instrument.frames import encode_scan
-from ionstream.control import ControlClient
-from ionstream.subscriber import Subscriber
+from ionstream.client.control import ControlClient
+from ionstream.client.subscriber import Subscriber
 from support import IONSTREAM, free_port
 
 # Spectra of this size (768 KiB each on the `spectrum` topic) overflow the stuck subscriber's

@@ -6,7 +6,7 @@ import time
 import pytest
 from support import IONSTREAM, free_port
 
-from ionstream.control import ControlClient, ControlError
+from ionstream.client.control import ControlClient, ControlError
 
 
 def _daemon(tmp_path, args, config=""):
@@ -118,7 +118,8 @@ def test_disk_full_stops_recording_not_acquisition(tmp_path, small_fs):
         with ControlClient(control, timeout=5.0) as client:
             reply = client.request({"cmd": "record", "action": "start", "path": "full.isc"})
         assert reply.get("ok"), reply
-        doc = _poll(control, lambda s: s.get("record_error", "") != "")
+        # health is judged once a tick, so wait for the tick after the recorder stopped
+        doc = _poll(control, lambda s: s.get("record_error", "") != "" and s.get("health") == "unhealthy")
         assert doc["record_low_space"] is True and doc["recording"] == ""
         assert doc["health"] == "unhealthy" and "full.isc" in doc["health_reasons"]
         before = doc["scans"]

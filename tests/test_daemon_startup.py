@@ -12,7 +12,7 @@ import tty
 
 import pytest
 
-from ionstream.subscriber import Subscriber
+from ionstream.client.subscriber import Subscriber
 from support import IONSTREAM, free_port
 
 
@@ -139,7 +139,7 @@ def test_a_failed_start_closes_every_socket_and_thread(case, held_pty):
 
     import zmq
 
-    from ionstream.daemon import EXIT_CONFIG, Daemon
+    from ionstream.daemon.lifecycle import EXIT_CONFIG, Daemon
 
     config = _refused_config(case, held_pty)
     before = set(threading.enumerate())

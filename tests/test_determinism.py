@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from ionstream.subscriber import Subscriber
+from ionstream.client.subscriber import Subscriber
 from support import IONSTREAM, free_port
 
 SCANS = 240

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dsp import pick_centroids
-from ionstream import mzml
+from ionstream.offline import mzml
 
 pytest.importorskip("pyopenms")
 pytest.importorskip("pyteomics")

@@ -23,7 +23,7 @@ from instrument.capture import CaptureReader, CaptureWriter, capture_info  # noq
 from instrument.frames import AxisKind, FrameDecoder, FrameType, Polarity  # noqa: E402
 from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import mz_axis  # noqa: E402
-from ionstream import mzml  # noqa: E402
+from ionstream.offline import mzml  # noqa: E402
 
 mzml.offline_vocabularies()  # pyteomics below loads the CV through psims: never from the internet
 

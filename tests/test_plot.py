@@ -12,7 +12,7 @@ pytest.importorskip("pyteomics")
 
 from instrument.capture import CaptureWriter  # noqa: E402
 from instrument.simulator import SimConfig, Simulator  # noqa: E402
-from ionstream.commands import plot  # noqa: E402
+from ionstream.cli import plot  # noqa: E402
 
 REAL = Path(__file__).parent / "data" / "small_ltqft.mzML"
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]

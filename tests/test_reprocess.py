@@ -21,7 +21,7 @@ pytest.importorskip("dask.distributed")
 pytest.importorskip("pyarrow")
 
 from ionstream.benchmarks.reprocess import write_sim_capture
-from ionstream.reprocess import (
+from ionstream.offline.reprocess import (
     Settings,
     capture_identity,
     classifier_loads,
@@ -81,7 +81,7 @@ def live_replay(capture: Path, expect_scans: int) -> dict:
     """Run the daemon's Pipeline on replay://capture?speed=max; collect peaks, class and trace messages."""
     from ionstream import Subscriber
     from ionstream.config import Config
-    from ionstream.pipeline import Pipeline
+    from ionstream.daemon.pipeline import Pipeline
 
     config = Config()
     config.source.url = f"replay://{capture}?speed=max"
@@ -131,7 +131,7 @@ class TestSettings:
         config = Config()
         config.dsp.smoothing, config.dsp.min_snr, config.dsp.xic = "gaussian", 5.0, [[100, 200]]
         s = Settings.from_config(config)
-        # ionstream.pipeline.Pipeline._make_work passes exactly these to ScanWork
+        # ionstream.daemon.pipeline.Pipeline._make_work passes exactly these to ScanWork
         assert s.dsp_params == {"smoothing": "gaussian", "min_snr": 5.0}
         assert s.xic == ((100.0, 200.0),) and s.trace_names == ["tic", "xic:100-200"]
         assert s.backend == "onnxruntime"  # auto -> the CPU reference here
@@ -315,7 +315,7 @@ def test_in_process_without_classifier_or_windows(captures, tmp_path):
     """process_capture is a plain function: no cluster needed; every table exists, typed, with metadata."""
     import pyarrow.parquet as pq
 
-    from ionstream.reprocess import plan, process_capture
+    from ionstream.offline.reprocess import plan, process_capture
 
     s = Settings(backend="none")
     resolved = s.resolved()

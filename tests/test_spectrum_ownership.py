@@ -17,7 +17,7 @@ from instrument.capture import CaptureWriter
 from instrument.frames import encode_scan
 from ionstream import Subscriber
 from ionstream.config import Config
-from ionstream.publisher import BufferPool, Publisher, owns_its_memory
+from ionstream.daemon.publisher import BufferPool, Publisher, owns_its_memory
 from support import free_port
 
 N_SAMPLES = 16384   # a 128 KiB m/z axis: above the 64 KiB zero-copy threshold
@@ -30,7 +30,7 @@ def _axis(scan: int) -> np.ndarray:
 
 
 def _capture(path) -> None:
-    """Explicit-axis frames as ionstream.mzml.import_mzml writes them: float32 samples on an
+    """Explicit-axis frames as ionstream.offline.mzml.import_mzml writes them: float32 samples on an
     own float64 m/z axis, each frame's axis different."""
     x = np.linspace(0.0, 1.0, N_SAMPLES)
     with CaptureWriter(path, {"source": {"url": "test://explicit", "kind": "test"}}) as w:
@@ -64,7 +64,7 @@ def _wait(condition, timeout: float = 60.0) -> None:
 
 
 def test_explicit_axis_spectra_keep_their_axis_behind_a_stuck_subscriber(tmp_path):
-    from ionstream.pipeline import Pipeline
+    from ionstream.daemon.pipeline import Pipeline
 
     capture = tmp_path / "imported.isc"
     _capture(capture)

@@ -9,7 +9,7 @@ import pytest
 
 from instrument.frames import AxisKind, Calibration, FrameHeader, FrameType, Polarity, SampleType, encode_scan
 from instrument.ring import RingBuffer
-from ionstream.stages import DspWorkers, Sequencer
+from ionstream.daemon.stages import DspWorkers, Sequencer
 
 
 def _put(ring, seq, frame_type=FrameType.SCAN):

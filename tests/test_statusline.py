@@ -8,7 +8,7 @@ import termios
 
 import pytest
 
-from ionstream.statusline import StatusLine, format_status
+from ionstream.daemon.statusline import StatusLine, format_status
 
 SNAPSHOT = {
     "state": "running", "scans_per_s": 20.0, "MBps": 2.62, "peaks_per_scan": 41.0, "drops_total": 3,

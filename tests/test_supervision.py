@@ -10,9 +10,9 @@ import pytest
 from instrument.frames import AxisKind, Calibration, FrameHeader, FrameType, Polarity, SampleType, encode_scan
 from instrument.recorder import Recorder
 from instrument.ring import RingBuffer
-from ionstream.health import HealthLimits, HealthMonitor
-from ionstream.rates import RateWindow
-from ionstream.stages import DspWorkers, Sequencer
+from ionstream.daemon.health import HealthLimits, HealthMonitor
+from ionstream.daemon.rates import RateWindow
+from ionstream.daemon.stages import DspWorkers, Sequencer
 
 
 def _put(ring, seq):
@@ -126,7 +126,7 @@ class TestHealth:
         mon = HealthMonitor(HealthLimits(stall_s=5.0))
         assert mon.check(self._snap(frames=10), 0.0) == {}
         assert mon.check(self._snap(frames=10), 4.0) == {}
-        with caplog.at_level("INFO", logger="ionstream.health"):
+        with caplog.at_level("INFO", logger="ionstream.daemon.health"):
             assert "no_data" in mon.check(self._snap(frames=10), 6.0)
             assert "no_data" in mon.check(self._snap(frames=10), 7.0)
             assert mon.check(self._snap(frames=11), 8.0) == {}

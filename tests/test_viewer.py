@@ -23,9 +23,9 @@ pytest.importorskip("pyqtgraph.Qt.QtWidgets")
 from instrument.frames import FrameDecoder  # noqa: E402
 from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import CLASS_LABELS, mz_axis  # noqa: E402
-from ionstream.publisher import Publisher  # noqa: E402
-from ionstream.subscriber import Message  # noqa: E402
-from ionstream.viewer import Receiver, ViewerModel, ViewerWindow, health_rows, top_peaks  # noqa: E402
+from ionstream.daemon.publisher import Publisher  # noqa: E402
+from ionstream.client.subscriber import Message  # noqa: E402
+from ionstream.viewer.window import Receiver, ViewerModel, ViewerWindow, health_rows, top_peaks  # noqa: E402
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 

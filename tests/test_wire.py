@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ionstream import wire
-from ionstream.wire import WireError, WireVersionError
+from ionstream.client import wire
+from ionstream.client.wire import WireError, WireVersionError
 
 WIRE_MD = Path(__file__).parents[1] / "docs" / "wire.md"
 

@@ -21,7 +21,7 @@ jsonschema = pytest.importorskip("jsonschema", reason="the [test] extra installs
 from jsonschema import Draft202012Validator  # noqa: E402
 from referencing import Registry, Resource  # noqa: E402
 
-from ionstream import wire  # noqa: E402
+from ionstream.client import wire  # noqa: E402
 
 DOCS = Path(__file__).parents[1] / "docs"
 WIRE_MD = (DOCS / "wire.md").read_text()

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import zmq
 
-from ionstream import Message, Subscriber, wire
-from ionstream.publisher import BufferPool, Publisher, PublisherError
-from ionstream.security import EndpointError, check_bind_endpoint
+from ionstream import Message, Subscriber
+from ionstream.client import wire
+from ionstream.daemon.publisher import BufferPool, Publisher, PublisherError
+from ionstream.daemon.security import EndpointError, check_bind_endpoint
 
 ANY_PORT = "tcp://127.0.0.1:*"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from ionstream.publisher import Publisher
+from ionstream.daemon.publisher import Publisher
 
 SOURCE = Path(__file__).parent / "clients" / "subscriber.c"
 APT = "apt-get install gcc libc6-dev libzmq3-dev libjansson-dev pkg-config"
@@ -133,7 +133,8 @@ def test_rejects_a_newer_major_version(csub):
 
 
 def test_curve(csub, tmp_path):
-    from ionstream.security import CurveServer, generate_keypair
+    from ionstream.client.keys import generate_keypair
+    from ionstream.daemon.security import CurveServer
 
     generate_keypair(tmp_path, "server")
     generate_keypair(tmp_path / "clients", "c-client")

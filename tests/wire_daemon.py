@@ -20,9 +20,9 @@ import numpy as np
 from instrument.capture import CaptureWriter
 from instrument.frames import Calibration, encode_scan, restamp
 from instrument.simulator import SimConfig, Simulator
-from ionstream.control import ControlClient
-from ionstream.security import CurveClient, generate_keypair
-from ionstream.subscriber import Subscriber
+from ionstream.client.control import ControlClient
+from ionstream.client.keys import CurveClient, generate_keypair
+from ionstream.client.subscriber import Subscriber
 from support import IONSTREAM, free_port
 
 SAMPLES = 2048

@@ -80,7 +80,7 @@ def _cpu_by_stage() -> dict[str, float]:
 
 
 def _run_pipeline(config: Config, seconds: float, progress) -> dict:
-    from ionstream.pipeline import Pipeline
+    from ionstream.daemon.pipeline import Pipeline
 
     pipeline = Pipeline(config).start()
     time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, caches, first batches

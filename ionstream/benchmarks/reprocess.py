@@ -59,7 +59,7 @@ def write_sim_capture(path: str | os.PathLike, scans: int, samples: int = 4096, 
 
 
 def _timed_run(paths, out: Path, settings, client) -> tuple[float, int]:
-    from ionstream.reprocess import reprocess
+    from ionstream.offline.reprocess import reprocess
 
     t0 = time.perf_counter()
     report = reprocess(paths, out, settings, client=client)
@@ -71,7 +71,7 @@ def _timed_run(paths, out: Path, settings, client) -> tuple[float, int]:
 
 
 def run(args: argparse.Namespace, progress) -> dict:
-    from ionstream.reprocess import (
+    from ionstream.offline.reprocess import (
         Settings,
         open_client,
         plan,
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace, progress) -> dict:
 
 
 def _warm_worker(settings: dict) -> int:
-    from ionstream.reprocess import Settings, classifier_for
+    from ionstream.offline.reprocess import Settings, classifier_for
 
     s = Settings.from_dict(settings)
     if s.backend != "none":

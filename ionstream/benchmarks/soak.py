@@ -62,7 +62,7 @@ class _Subscriber:
     """A thread that takes every message from the daemon's PUB socket (owner: soak(); stop())."""
 
     def __init__(self, endpoint: str):
-        from ionstream.subscriber import Subscriber
+        from ionstream.client.subscriber import Subscriber
 
         self.messages = 0
         self._sub = Subscriber(endpoint, topics=None, timeout=0.2)
@@ -98,7 +98,7 @@ def soak(minutes: float = 1.0, scans: int = 0, rate: float = 20.0, samples: int 
          sample_s: float = 1.0, warmup_s: float = -1.0, backend: str = "auto", trace: bool = False,
          progress=lambda msg: None) -> dict:
     """Run the pipeline; RSS slope (MB/min) after warm-up, RSS (MB), queue depths (items)."""
-    from ionstream.pipeline import Pipeline
+    from ionstream.daemon.pipeline import Pipeline
 
     duration_s = minutes * 60.0
     warmup = duration_s * 0.2 if warmup_s < 0 else warmup_s

@@ -61,7 +61,7 @@ def receiver_main(argv: list[str]) -> None:
     """``python -m ionstream.benchmarks.zmq MODE ENDPOINT COUNT``: receive COUNT messages, print JSON."""
     import resource
 
-    from ionstream.subscriber import Subscriber
+    from ionstream.client.subscriber import Subscriber
 
     mode, endpoint, count = argv[0], argv[1], int(argv[2])
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -139,7 +139,7 @@ def _pace(rate: float | None) -> Callable[[int], None]:
 
 # ---- senders --------------------------------------------------------------------------------
 def run_ionstream(spectrum, peaks, scans: int, rate: float | None, copy_all: bool = False) -> dict[str, Any]:
-    from ionstream.publisher import Publisher
+    from ionstream.daemon.publisher import Publisher
 
     kwargs = {"copy_threshold": 1 << 62} if copy_all else {}
     with Publisher("tcp://127.0.0.1:*", source="bench://", sndhwm=0, queue_size=2 * scans + 16, **kwargs) as pub:
@@ -166,7 +166,7 @@ def run_ionstream(spectrum, peaks, scans: int, rate: float | None, copy_all: boo
 
 def _raw_header_tail(topic: str, arrays: list[np.ndarray], names: list[str]) -> bytes:
     """The rest of an ionstream header of the same size, after a leading ``{"t_acq_ns":T,``."""
-    from ionstream import wire
+    from ionstream.client import wire
 
     frames = wire.encode(topic, {"scan": 123456, "t_dsp_ns": 1_700_000_000_000_000_000},
                          dict(zip(names, arrays)), source="bench://", session="0" * 16, seq=123456,
@@ -212,7 +212,7 @@ def _throughput(r: dict[str, Any]) -> tuple[float, float]:
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     import logging
 
-    logging.getLogger("ionstream.publisher").setLevel(logging.WARNING)  # one "publishing on" line per run
+    logging.getLogger("ionstream.daemon.publisher").setLevel(logging.WARNING)  # one "publishing on" line per run
     spectrum, peaks = make_scan(args.points, args.peaks)
     rounds: list[dict[str, Any]] = []
     for k in range(args.repeat):

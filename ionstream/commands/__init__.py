@@ -1,1 +1,0 @@
-"""ionstream subcommands, one module each (see ionstream/cli.py)."""

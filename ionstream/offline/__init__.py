@@ -1,0 +1,1 @@
+"""Offline work on files: mzML import/export, peak lists, reprocessing archives on Dask, plots."""

@@ -1,0 +1,692 @@
+"""The live viewer (`ionstream view`): pyqtgraph on Qt, fed by :class:`ionstream.Subscriber` only.
+
+Threads and the real-time rule
+------------------------------
+The viewer is a subscriber like any analysis application: it connects to the daemon's PUB
+endpoint and can never slow it down (a subscriber that falls behind loses messages at its
+own ZeroMQ queue, counted here as gaps; the daemon never waits). To keep up at the
+daemon's full rate anyway, work is split so that receiving stays cheap:
+
+* the receiver thread (``ionstream-view-rx``) owns the Subscriber. For each message it only
+  stores a reference (the arrays are zero-copy views over the received frames) in
+  :class:`ViewerModel`: the latest spectrum, peaks, class and status replace the previous
+  ones; trace points go into a bounded history. It is stopped by a message on an inproc
+  PAIR pipe and closes its sockets itself.
+* the Qt thread redraws on a timer (``fps``, default 10 Hz) from a snapshot of the model:
+  whatever arrived in between is skipped, never queued. Long spectra are drawn with
+  pyqtgraph's peak-preserving downsampling (min/max per pixel column) and clipped to the
+  view, so a 64k-point spectrum costs about as much as the pixels it covers.
+
+Panels: the current spectrum (processed, when the daemon publishes the opt-in ``spectrum``
+topic, else the peak list as sticks) with the picked peaks marked and the tallest
+labelled with their m/z; the class label with its confidence and the probability of every
+class; the TIC and XIC traces scrolling over the last ``window_s`` seconds with elution
+events (start, apex, end) marked; and a health panel (rates, drops per stage, latency,
+ring fill, backend, and this viewer's own received/missed counts).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("ionstream.viewer.window")
+
+TOPICS = ("peaks", "spectrum", "class", "trace", "status")
+
+
+# ---------------------------------------------------------------------------------------
+# Model: what the receiver thread stores and the display reads (no Qt here)
+# ---------------------------------------------------------------------------------------
+
+@dataclass
+class ModelSnapshot:
+    """A consistent view of the model for one redraw (references, not copies)."""
+
+    version: int
+    peaks: Any = None                  # latest peaks Message
+    spectrum: Any = None               # latest spectrum Message (its scan may lag the peaks)
+    spectrum_peaks: Any = None         # the peaks Message of the spectrum's scan, if still held
+    cls: Any = None                    # latest class Message
+    status: dict = field(default_factory=dict)   # latest status stats
+    trace_names: list = field(default_factory=list)
+    trace_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    trace_values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    events: list = field(default_factory=list)   # (t_s, trace name, kind, intensity)
+    received: dict = field(default_factory=dict)
+    missed: dict = field(default_factory=dict)
+    restarts: int = 0
+    errors: int = 0
+    last_message_ns: int = 0
+    rates: dict = field(default_factory=dict)    # messages/s per topic, over the last few s
+
+
+class ViewerModel:
+    """Latest messages and a bounded trace history; fed by one thread, read by another.
+
+    ``history`` bounds the trace points kept (scans) and ``max_events`` the elution events.
+    Every method is quick: the receiver calls :meth:`feed` once per message.
+    """
+
+    def __init__(self, history: int = 4000, max_events: int = 500):
+        self._lock = threading.Lock()
+        self._history = history
+        self._version = 0
+        self._peaks = self._spectrum = self._cls = None
+        self._recent_peaks: deque = deque(maxlen=32)   # to pair a spectrum with its own peaks
+        self._status: dict = {}
+        self._names: list = []
+        self._trace: deque = deque(maxlen=history)     # (t_s, values array)
+        self._events: deque = deque(maxlen=max_events)
+        self._t0_ns: int | None = None
+        self._session = ""
+        self._received: dict[str, int] = {}
+        self._missed: dict[str, int] = {}
+        self._restarts = 0
+        self.errors = 0
+        self._last_ns = 0
+        self._rate_marks: deque = deque(maxlen=64)     # (monotonic s, received total per topic)
+
+    def _time_s(self, header) -> float:
+        t = header.get("t_device_ns", header.get("t_acq_ns", 0)) or 0
+        if self._t0_ns is None:
+            self._t0_ns = t
+        return (t - self._t0_ns) / 1e9
+
+    def feed(self, msg) -> None:
+        """Store one :class:`ionstream.Message` (receiver thread)."""
+        topic = msg.topic
+        with self._lock:
+            self._version += 1
+            self._received[topic] = self._received.get(topic, 0) + 1
+            if msg.gap:
+                self._missed[topic] = self._missed.get(topic, 0) + msg.gap
+            if msg.restarted or (msg.session and msg.session != self._session and self._session):
+                self._restarts += 1
+                self._reset_traces()
+            self._session = msg.session or self._session
+            self._last_ns = msg.received_ns
+            if topic == "peaks":
+                self._peaks = msg
+                self._recent_peaks.append(msg)
+            elif topic == "spectrum":
+                self._spectrum = msg
+            elif topic == "class":
+                self._cls = msg
+            elif topic == "status":
+                self._status = dict(msg.header.get("stats") or {})
+            elif topic == "trace":
+                self._feed_trace(msg)
+
+    def _reset_traces(self) -> None:
+        self._trace.clear()
+        self._events.clear()
+        self._names = []
+        self._t0_ns = None
+
+    def _feed_trace(self, msg) -> None:
+        names = list(msg.header.get("names") or [])
+        if names != self._names:
+            self._reset_traces()
+            self._names = names
+        values = msg.arrays.get("values")
+        if values is None or len(values) != len(names):
+            return
+        t = self._time_s(msg.header)
+        self._trace.append((t, values))
+        for ev in msg.header.get("events") or ():
+            try:
+                t_ev = (int(ev["t_ns"]) - self._t0_ns) / 1e9 if "t_ns" in ev else t
+                self._events.append((t_ev, str(ev.get("trace", "tic")), str(ev.get("kind", "")),
+                                     float(ev.get("intensity", math.nan))))
+            except (TypeError, ValueError, KeyError):
+                continue
+
+    def snapshot(self) -> ModelSnapshot:
+        """Everything the display needs, taken under the lock (display thread)."""
+        now = time.monotonic()
+        with self._lock:
+            trace = list(self._trace)
+            snap = ModelSnapshot(self._version, peaks=self._peaks, spectrum=self._spectrum, cls=self._cls,
+                                 status=dict(self._status), trace_names=list(self._names),
+                                 events=list(self._events), received=dict(self._received),
+                                 missed=dict(self._missed), restarts=self._restarts, errors=self.errors,
+                                 last_message_ns=self._last_ns)
+            if self._spectrum is not None:
+                scan, session = self._spectrum.scan, self._spectrum.session
+                snap.spectrum_peaks = next((p for p in reversed(self._recent_peaks)
+                                            if p.scan == scan and p.session == session), None)
+            self._rate_marks.append((now, dict(self._received)))
+        if trace:
+            snap.trace_t = np.fromiter((t for t, _ in trace), dtype=np.float64, count=len(trace))
+            snap.trace_values = np.vstack([v for _, v in trace]).astype(np.float64, copy=False)
+        else:
+            snap.trace_values = np.zeros((0, len(snap.trace_names)))
+        # message rates over the last ~2 s of snapshots
+        old = next(((t, r) for t, r in self._rate_marks if now - t <= 2.5), None)
+        if old is not None and now - old[0] > 0.2:
+            dt = now - old[0]
+            snap.rates = {k: (v - old[1].get(k, 0)) / dt for k, v in snap.received.items()}
+        return snap
+
+
+# ---------------------------------------------------------------------------------------
+# Receiver thread
+# ---------------------------------------------------------------------------------------
+
+class Receiver:
+    """Owns the :class:`ionstream.Subscriber`; feeds a :class:`ViewerModel` until stopped.
+
+    ``start()`` waits until the subscriber is connected (RuntimeError after ``timeout``);
+    ``stop()`` sends ``b"TERMINATE"`` over an inproc PAIR pipe and joins the thread.
+    """
+
+    def __init__(self, endpoint: str, model: ViewerModel, *, topics=None, curve=None, rcvhwm: int = 200):
+        import zmq
+
+        self.endpoint = endpoint
+        self.model = model
+        self.topics = topics
+        self.curve = curve
+        self.rcvhwm = rcvhwm
+        self._ctx = zmq.Context.instance()
+        self._pipe_addr = f"inproc://ionstream-view-{id(self):x}"
+        self._pipe = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self.error: BaseException | None = None
+        self.stats: dict[str, Any] = {}
+
+    def start(self, timeout: float = 10.0) -> Receiver:
+        import zmq
+
+        self._pipe = self._ctx.socket(zmq.PAIR)
+        self._pipe.linger = 0
+        self._pipe.bind(self._pipe_addr)
+        self._thread = threading.Thread(target=self._run, name="ionstream-view-rx", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError(f"viewer receiver did not start within {timeout} s")
+        if self.error is not None:
+            raise RuntimeError(f"viewer receiver failed: {self.error}") from self.error
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        if self._thread is None:
+            return True
+        try:
+            self._pipe.send(b"TERMINATE")
+        except Exception:
+            pass
+        self._thread.join(timeout)
+        self._pipe.close(0)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        import zmq
+
+        from ionstream import Subscriber
+        from ionstream.client.wire import WireError, WireVersionError
+
+        pipe = self._ctx.socket(zmq.PAIR)
+        pipe.linger = 0
+        sub = None
+        try:
+            pipe.connect(self._pipe_addr)
+            sub = Subscriber(self.endpoint, self.topics, curve=self.curve, rcvhwm=self.rcvhwm,
+                             context=self._ctx)
+            poller = zmq.Poller()
+            poller.register(pipe, zmq.POLLIN)
+            poller.register(sub.socket, zmq.POLLIN)
+            self._started.set()
+            model = self.model
+            while True:
+                ready = dict(poller.poll(1000))
+                if pipe in ready:
+                    pipe.recv()
+                    break
+                if sub.socket not in ready:
+                    continue
+                # drain what is waiting, then look at the pipe again
+                for _ in range(256):
+                    try:
+                        msg = sub.recv(timeout=0)  # non-blocking: what is already here
+                    except TimeoutError:
+                        break
+                    except WireVersionError as exc:
+                        log.error("%s", exc)
+                        model.errors += 1
+                        continue
+                    except WireError as exc:
+                        log.debug("bad message: %s", exc)
+                        model.errors += 1
+                        continue
+                    model.feed(msg)
+        except BaseException as exc:  # reported once, to the display
+            self.error = exc
+            log.error("viewer receiver stopped: %s", exc)
+        finally:
+            if sub is not None:
+                self.stats = sub.stats()
+                sub.close()
+            pipe.close(0)
+            self._started.set()
+
+
+# ---------------------------------------------------------------------------------------
+# The window (Qt)
+# ---------------------------------------------------------------------------------------
+
+def _qt():
+    try:
+        import pyqtgraph as pg
+        from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
+    except ImportError as exc:
+        raise ImportError(f"the viewer needs pyqtgraph and Qt: pip install 'ionstream[view]' ({exc})") from None
+    return pg, QtCore, QtGui, QtWidgets
+
+
+TRACE_COLOURS = ("#e0e0e0", "#4fc3f7", "#ffb74d", "#81c784", "#ba68c8", "#f06292", "#fff176", "#90a4ae")
+EVENT_STYLE = {"start": ("t1", "#81c784"), "apex": ("o", "#ff5252"), "end": ("t", "#ffb74d")}
+STYLE = """
+QWidget { background: #101418; color: #c8d0d8; }
+QGroupBox { border: 1px solid #2a323b; border-radius: 4px; margin-top: 14px; padding: 6px; }
+QGroupBox::title { subcontrol-origin: margin; left: 8px; padding: 0 4px; color: #8a96a3; }
+"""
+DROP_KEYS = ("drops_ring_dsp", "drops_ring_busy", "drops_ring_oversize", "drops_recorder", "drops_batcher",
+             "drops_publisher")
+
+
+def _fmt(value, spec: str = ".1f", unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    try:
+        return f"{value:{spec}}{unit}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def health_rows(snap: ModelSnapshot, now_ns: int | None = None, stale_s: float = 3.0) -> list[tuple[str, str, bool]]:
+    """(name, value, bad) rows of the health panel (pure function: tested without Qt)."""
+    s = snap.status
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    age = (now_ns - snap.last_message_ns) / 1e9 if snap.last_message_ns else math.inf
+    rows = [
+        ("state", str(s.get("state", "no status yet")) + ("" if age < stale_s else f" (no data for {age:.0f} s)"
+                                                           if math.isfinite(age) else ""),
+         age >= stale_s or s.get("state") not in (None, "running")),
+        ("source", str(s.get("source", "–")), False),
+        ("scans/s", _fmt(s.get("scans_per_s")), False),
+        ("MB/s", _fmt(s.get("MBps"), ".2f"), False),
+        ("ring fill", _fmt(100 * s["ring_fill"], ".0f", " %") if isinstance(s.get("ring_fill"), (int, float))
+         else "–", isinstance(s.get("ring_fill"), (int, float)) and s["ring_fill"] > 0.8),
+        ("latency p50 / p99", f"{_fmt(s.get('latency_p50_ms'))} / {_fmt(s.get('latency_p99_ms'))} ms", False),
+        ("backend", str(s.get("backend", "–")), False),
+        ("drops total", str(s.get("drops_total", "–")), bool(s.get("drops_total"))),
+    ]
+    for key in DROP_KEYS:
+        if key in s:
+            rows.append(("  " + key[len("drops_"):].replace("_", " "), str(s[key]), bool(s[key])))
+    rows += [
+        ("CRC errors / gaps", f"{s.get('crc_errors', '–')} / {s.get('sequence_gaps', '–')}",
+         bool(s.get("crc_errors") or s.get("sequence_gaps"))),
+        ("recording", str(s.get("recording") or "no"), False),
+        ("viewer: received", ", ".join(f"{t} {n}" for t, n in sorted(snap.received.items())) or "nothing yet",
+         not snap.received),
+        ("viewer: missed", str(sum(snap.missed.values())), bool(sum(snap.missed.values()))),
+    ]
+    return rows
+
+
+def top_peaks(mz: np.ndarray, intensity: np.ndarray, k: int, min_separation: float = 0.0) -> np.ndarray:
+    """Indices of up to ``k`` tallest peaks, tallest first, no two closer than ``min_separation`` (m/z).
+
+    The separation keeps labels readable: an isotope cluster gets one label, on its tallest peak.
+    """
+    if k <= 0 or len(intensity) == 0:
+        return np.zeros(0, dtype=np.intp)
+    order = np.argsort(intensity, kind="stable")[::-1]
+    if min_separation <= 0:
+        return order[:k]
+    chosen: list[int] = []
+    for i in order[: max(k * 20, 200)]:
+        if all(abs(mz[i] - mz[j]) >= min_separation for j in chosen):
+            chosen.append(int(i))
+            if len(chosen) == k:
+                break
+    return np.asarray(chosen, dtype=np.intp)
+
+
+class ViewerWindow:
+    """The viewer's main window. ``ViewerWindow(model).widget`` is a QMainWindow.
+
+    ``refresh()`` redraws from the model (the Qt timer calls it ``fps`` times a second);
+    ``plot_state()`` reports what the plots hold (for tests and ``--screenshot``).
+    """
+
+    def __init__(self, model: ViewerModel, *, endpoint: str = "", window_s: float = 60.0, labels: int = 8,
+                 fps: float = 10.0, receiver: Receiver | None = None):
+        pg, QtCore, QtGui, QtWidgets = _qt()
+        self.pg, self.QtCore, self.QtWidgets = pg, QtCore, QtWidgets
+        self.model = model
+        self.receiver = receiver
+        self.window_s = window_s
+        self.n_labels = labels
+        self._last_version = -1
+        self._drawn_scan = None
+        self._frames = deque(maxlen=32)
+        pg.setConfigOptions(antialias=False, background="#101418", foreground="#c8d0d8")
+
+        win = self.widget = QtWidgets.QMainWindow()
+        win.setStyleSheet(STYLE)
+        win.setWindowTitle(f"ionstream view — {endpoint}" if endpoint else "ionstream view")
+        central = QtWidgets.QWidget()
+        win.setCentralWidget(central)
+        grid = QtWidgets.QGridLayout(central)
+        grid.setContentsMargins(6, 6, 6, 6)
+
+        # spectrum
+        self.spec_plot = pg.PlotWidget()
+        self.spec_plot.setLabel("bottom", "m/z")
+        self.spec_plot.setLabel("left", "intensity", units="counts")
+        self.spec_plot.showGrid(x=True, y=True, alpha=0.15)
+        self.spec_plot.setTitle("waiting for the daemon…", size="10pt")
+        self.spec_curve = self.spec_plot.plot(pen=pg.mkPen("#4fc3f7", width=1))
+        self.spec_curve.setDownsampling(auto=True, method="peak")
+        self.spec_curve.setClipToView(True)
+        self.spec_curve.setSkipFiniteCheck(True)
+        self.stick_curve = self.spec_plot.plot(pen=pg.mkPen("#4fc3f7", width=1), connect="pairs")
+        self.peak_marks = pg.ScatterPlotItem(symbol="t", size=8, pen=None, brush=pg.mkBrush("#ff5252"))
+        self.spec_plot.addItem(self.peak_marks)
+        self.peak_labels = []
+        for _ in range(labels):
+            item = pg.TextItem("", color="#ffcdd2", anchor=(0.5, 1.2))
+            item.setVisible(False)
+            self.spec_plot.addItem(item)
+            self.peak_labels.append(item)
+
+        # traces
+        self.trace_plot = pg.PlotWidget()
+        self.trace_plot.setLabel("bottom", "time", units="s")
+        self.trace_plot.setLabel("left", "TIC", units="counts")
+        self.trace_plot.showGrid(x=True, y=True, alpha=0.15)
+        self.trace_legend = self.trace_plot.addLegend(offset=(10, 5), brush=pg.mkBrush(16, 20, 24, 170))
+        # XICs on their own right-hand axis (they are orders of magnitude below the TIC)
+        tic_item = self._tic_item = self.trace_plot.getPlotItem()
+        self.xic_view = pg.ViewBox()
+        tic_item.showAxis("right", False)  # shown once a trace message names an XIC (dsp.xic configured)
+        tic_item.scene().addItem(self.xic_view)
+        tic_item.getAxis("right").linkToView(self.xic_view)
+        tic_item.getAxis("right").setLabel("XIC", units="counts")
+        self.xic_view.setXLink(tic_item)
+
+        def sync_views() -> None:
+            self.xic_view.setGeometry(tic_item.vb.sceneBoundingRect())
+            self.xic_view.linkedViewChanged(tic_item.vb, self.xic_view.XAxis)
+
+        tic_item.vb.sigResized.connect(sync_views)
+        self.trace_curves: list = []
+        self.event_marks = {}   # (kind, 'tic' | 'xic') -> scatter, in the TIC or the XIC view
+        for kind, (sym, col) in EVENT_STYLE.items():
+            for view in ("tic", "xic"):
+                item = pg.ScatterPlotItem(symbol=sym, size=10, pen=pg.mkPen(col), brush=pg.mkBrush(col))
+                (self.trace_plot if view == "tic" else self.xic_view).addItem(item)
+                self.event_marks[kind, view] = item
+        self._trace_names: list = []
+
+        # class
+        class_box = QtWidgets.QGroupBox("class")
+        vbox = QtWidgets.QVBoxLayout(class_box)
+        self.class_label = QtWidgets.QLabel("–")
+        font = self.class_label.font()
+        font.setPointSize(20)
+        font.setBold(True)
+        self.class_label.setFont(font)
+        self.class_detail = QtWidgets.QLabel("no classification yet")
+        self.class_detail.setWordWrap(True)
+        self.prob_plot = pg.PlotWidget()
+        self.prob_plot.setMaximumHeight(170)
+        self.prob_plot.setYRange(0, 1)
+        self.prob_plot.setMouseEnabled(x=False, y=False)
+        self.prob_bars = pg.BarGraphItem(x=[], height=[], width=0.7, brush="#4fc3f7")
+        self.prob_plot.addItem(self.prob_bars)
+        vbox.addWidget(self.class_label)
+        vbox.addWidget(self.class_detail)
+        vbox.addWidget(self.prob_plot)
+        self._prob_labels: list = []
+
+        # health
+        health_box = QtWidgets.QGroupBox("health")
+        hbox = QtWidgets.QVBoxLayout(health_box)
+        self.health = QtWidgets.QLabel()
+        self.health.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.health.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop)
+        hbox.addWidget(self.health)
+
+        grid.addWidget(self.spec_plot, 0, 0)
+        grid.addWidget(self.trace_plot, 1, 0)
+        grid.addWidget(class_box, 0, 1)
+        grid.addWidget(health_box, 1, 1)
+        grid.setColumnStretch(0, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setRowStretch(0, 3)
+        grid.setRowStretch(1, 2)
+        win.resize(1280, 760)
+
+        self.timer = QtCore.QTimer()
+        self.timer.timeout.connect(self.refresh)
+        self.timer.start(max(1, int(1000 / fps)))
+
+    # ---- drawing ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        snap = self.model.snapshot()
+        self._frames.append(time.monotonic())
+        if snap.version != self._last_version:
+            self._last_version = snap.version
+            self._draw_spectrum(snap)
+            self._draw_traces(snap)
+            self._draw_class(snap)
+        self._draw_health(snap)
+
+    def _draw_spectrum(self, snap: ModelSnapshot) -> None:
+        spec = snap.spectrum
+        # with spectra, draw a spectrum and the peaks of that same scan; else the latest peaks
+        peaks = snap.spectrum_peaks if spec is not None else snap.peaks
+        if peaks is None and spec is None:
+            return
+        pmz = np.asarray(peaks["mz"]) if peaks is not None else np.zeros(0)
+        pint = np.asarray(peaks["intensity"], dtype=np.float64) if peaks is not None else np.zeros(0)
+        if spec is not None:
+            self.spec_curve.setData(spec["mz"], spec["intensity"])
+            self.stick_curve.setData([], [])
+        else:
+            self.spec_curve.setData([], [])
+            xs = np.repeat(pmz, 2)
+            ys = np.zeros(len(xs))
+            ys[1::2] = pint
+            self.stick_curve.setData(xs, ys)
+        self.peak_marks.setData(pmz, pint)
+        (x0, x1), _ = self.spec_plot.getPlotItem().viewRange()
+        top = top_peaks(pmz, pint, len(self.peak_labels), min_separation=0.06 * (x1 - x0))
+        for item, k in zip(self.peak_labels, list(top) + [None] * len(self.peak_labels)):
+            if k is None:
+                item.setVisible(False)
+                continue
+            item.setText(f"{pmz[k]:.4f}")
+            item.setPos(float(pmz[k]), float(pint[k]))
+            item.setVisible(True)
+        ref = peaks if peaks is not None else spec
+        self._drawn_scan = ref.scan
+        h = ref.header
+        pol = h.get("polarity", "")
+        level = f"MS{h['ms_level']}" if "ms_level" in h else ""
+        what = "processed spectrum" if spec is not None else "peaks"
+        lat = ref.latency_ms()
+        self.spec_plot.setTitle(
+            f"scan {ref.scan} · {level} {pol} · {len(pmz)} peaks · {what}"
+            + (f" · latency {lat:.1f} ms" if lat is not None and lat >= 0 else ""), size="10pt")
+
+    def _draw_traces(self, snap: ModelSnapshot) -> None:
+        pg = self.pg
+        names = snap.trace_names
+        if names != self._trace_names:
+            for i, curve in enumerate(self.trace_curves):
+                (self.trace_plot if i == 0 else self.xic_view).removeItem(curve)
+            self.trace_legend.clear()
+            self.trace_curves = []
+            for i, name in enumerate(names):
+                curve = pg.PlotDataItem(pen=pg.mkPen(TRACE_COLOURS[i % len(TRACE_COLOURS)], width=1.2))
+                curve.setDownsampling(auto=True, method="peak")
+                curve.setClipToView(True)
+                (self.trace_plot if i == 0 else self.xic_view).addItem(curve)
+                self.trace_legend.addItem(curve, name)
+                self.trace_curves.append(curve)
+            self._trace_names = list(names)
+            self._tic_item.showAxis("right", len(names) > 1)  # no empty XIC axis without an XIC
+        t = snap.trace_t
+        if not len(t):
+            return
+        for i, curve in enumerate(self.trace_curves):
+            curve.setData(t, snap.trace_values[:, i])
+        t_end = float(t[-1])
+        t_start = max(float(t[0]), t_end - self.window_s)
+        self.trace_plot.setXRange(t_start, t_end + 1e-9, padding=0.02)
+        visible = t >= t_start
+        if visible.any():
+            shown = snap.trace_values[visible]
+            for view, cols in ((self.trace_plot, shown[:, :1]), (self.xic_view, shown[:, 1:])):
+                if cols.size:
+                    lo, hi = float(cols.min()), float(cols.max())
+                    view.setYRange(min(lo, 0.0), hi * 1.08 if hi > 0 else 1.0, padding=0)
+        for (kind, view), item in self.event_marks.items():
+            pts = [(te, y) for te, name, k, y in snap.events
+                   if k == kind and te >= t_start and math.isfinite(y) and (name == "tic") == (view == "tic")]
+            item.setData([p[0] for p in pts], [p[1] for p in pts])
+
+    def _draw_class(self, snap: ModelSnapshot) -> None:
+        cls = snap.cls
+        if cls is None:
+            return
+        h = cls.header
+        probs = np.asarray(cls.arrays.get("probabilities", np.zeros(0)), dtype=np.float64)
+        conf = h.get("confidence", float(probs.max()) if len(probs) else math.nan)
+        self.class_label.setText(f"{h.get('label', '?')}  {100 * conf:.0f} %" if math.isfinite(conf) else
+                                 str(h.get("label", "?")))
+        self.class_detail.setText(f"scan {cls.scan} · {h.get('model', '')} · {h.get('backend', '')}")
+        labels = list(h.get("labels") or [])
+        self.prob_bars.setOpts(x=np.arange(len(probs)), height=probs, width=0.7)
+        if labels != self._prob_labels:
+            axis = self.prob_plot.getAxis("bottom")
+            axis.setTicks([[(i, name.replace("_", " ")[:14]) for i, name in enumerate(labels)]])
+            self._prob_labels = labels
+
+    def _draw_health(self, snap: ModelSnapshot) -> None:
+        rows = health_rows(snap)
+        if len(self._frames) > 1:
+            fps = (len(self._frames) - 1) / max(1e-9, self._frames[-1] - self._frames[0])
+            rates = ", ".join(f"{t} {r:.0f}/s" for t, r in sorted(snap.rates.items()) if r > 0)
+            rows.append(("viewer: display", f"{fps:.0f} fps" + (f"; {rates}" if rates else ""), False))
+        if self.receiver is not None and self.receiver.error is not None:
+            rows.append(("viewer: receiver", f"stopped: {self.receiver.error}", True))
+        html = ["<table cellspacing='2'>"]
+        for name, value, bad in rows:
+            colour = "#ff5252" if bad else "#c8d0d8"
+            html.append(f"<tr><td style='color:#8a96a3'>{name}</td><td style='color:{colour}'>"
+                        f"&nbsp;{_escape(value)}</td></tr>")
+        html.append("</table>")
+        self.health.setText("".join(html))
+
+    # ---- introspection ---------------------------------------------------------------------
+    def plot_state(self) -> dict[str, Any]:
+        """What each plot holds now (point counts, labels), as a user would see it."""
+        def n(data) -> int:
+            return 0 if data is None else len(data)
+
+        tr = [n(c.xData) for c in self.trace_curves]
+        return {
+            "scan": self._drawn_scan,
+            "spectrum_points": n(self.spec_curve.xData),          # the spectrum held
+            "spectrum_drawn": n(self.spec_curve.getData()[0]),    # after downsampling to the view
+            "stick_points": n(self.stick_curve.xData) // 2,
+            "peak_marks": len(self.peak_marks.data),
+            "peak_labels": [item.textItem.toPlainText() for item in self.peak_labels if item.isVisible()],
+            "trace_names": list(self._trace_names),
+            "xic_axis": self._tic_item.getAxis("right").isVisible(),
+            "trace_points": tr,
+            "events": {kind: sum(len(item.data) for (k, _v), item in self.event_marks.items() if k == kind)
+                       for kind in EVENT_STYLE},
+            "class": self.class_label.text(),
+            "class_detail": self.class_detail.text(),
+            "probabilities": len(self.prob_bars.opts.get("height", []) if self.prob_bars.opts.get("height")
+                                 is not None else []),
+            "health": self.health.text(),
+            "title": self.spec_plot.getPlotItem().titleLabel.text,
+        }
+
+    def screenshot(self, path: str) -> bool:
+        """Save the window as it is drawn now (PNG by the extension); True on success."""
+        return bool(self.widget.grab().save(str(path)))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(value: Any) -> str:
+    """A value for a log line as words, not a Python repr: ``a 1, b [x y]``."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labels: int = 8, curve=None,
+               screenshot: str | None = None, after_s: float = 5.0, duration_s: float | None = None,
+               size: tuple[int, int] | None = None) -> int:
+    """Open the viewer window on ``endpoint`` and run the Qt event loop; returns an exit code.
+
+    ``screenshot``: save a picture of the window after ``after_s`` seconds, then exit
+    (0 if the plots hold data, 1 if nothing arrived). ``duration_s``: close after that long.
+    """
+    pg, QtCore, _QtGui, _QtWidgets = _qt()
+    app = pg.mkQApp("ionstream view")
+    model = ViewerModel()
+    receiver = Receiver(endpoint, model, curve=curve).start()
+    view = ViewerWindow(model, endpoint=endpoint, window_s=window_s, labels=labels, fps=fps, receiver=receiver)
+    if size:
+        view.widget.resize(*size)
+    view.widget.show()
+    result = {"code": 0}
+
+    def shoot() -> None:
+        view.refresh()
+        state = view.plot_state()
+        ok = view.screenshot(screenshot)
+        has_data = state["spectrum_points"] or state["stick_points"]
+        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k != "health"}))
+        result["code"] = 0 if ok and has_data else 1
+        app.quit()
+
+    if screenshot:
+        QtCore.QTimer.singleShot(int(after_s * 1000), shoot)
+    elif duration_s:
+        QtCore.QTimer.singleShot(int(duration_s * 1000), app.quit)
+    try:
+        app.exec()
+    finally:
+        view.timer.stop()
+        receiver.stop()
+    return result["code"]

@@ -25,7 +25,8 @@ from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import CLASS_LABELS, mz_axis  # noqa: E402
 from ionstream.daemon.publisher import Publisher  # noqa: E402
 from ionstream.client.subscriber import Message  # noqa: E402
-from ionstream.viewer.window import Receiver, ViewerModel, ViewerWindow, health_rows, top_peaks  # noqa: E402
+from ionstream.viewer.model import Receiver, ViewerModel, health_rows, top_peaks  # noqa: E402
+from ionstream.viewer.window import ViewerWindow  # noqa: E402
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 
@@ -135,7 +136,7 @@ class Feeder:
                 self.pub.publish("status", {"stats": {
                     "state": "running", "source": "sim://test", "scans_per_s": self.rate_hz, "MBps": 1.5,
                     "ring_fill": 0.01, "latency_p50_ms": 0.8, "latency_p99_ms": 2.5, "backend": "onnxruntime",
-                    "drops_total": 3, "drops_ring_dsp": 0, "drops_publisher": 3, "crc_errors": 0,
+                    "drops_total": 3, "drops_ring_dsp": 0, "drops_batcher": 3, "crc_errors": 0,
                     "sequence_gaps": 0, "recording": ""}})
             self.sent += 1
             k += 1
@@ -203,12 +204,14 @@ class TestModel:
         rows = {name: (value, bad) for name, value, bad in health_rows(snap)}
         assert rows["viewer: received"] == ("nothing yet", True)
         m = ViewerModel()
-        m.feed(message("status", {"stats": {"state": "running", "drops_total": 2, "drops_publisher": 2,
-                                            "ring_fill": 0.9, "scans_per_s": 20.0}}))
+        m.feed(message("status", {"stats": {"state": "running", "drops_total": 2, "drops_batcher": 2,
+                                            "ring_fill": 0.9, "scans_per_s": 20.0, "health": "unhealthy",
+                                            "health_reasons": "2 scan(s) dropped in the last 10 s"}}))
         snap = m.snapshot()
         rows = {name: (value, bad) for name, value, bad in health_rows(snap)}
         assert rows["state"] == ("running", False)
-        assert rows["drops total"] == ("2", True) and rows["  publisher"] == ("2", True)
+        assert rows["drops total"] == ("2", True) and rows["  batcher"] == ("2", True)
+        assert rows["health"] == ("2 scan(s) dropped in the last 10 s", True)
         assert rows["ring fill"] == ("90 %", True)
         later = {n: (v, b) for n, v, b in health_rows(snap, now_ns=snap.last_message_ns + 10 * 10**9)}
         assert later["state"][1] and "no data for 10 s" in later["state"][0]

@@ -107,7 +107,7 @@ def draw(spectrum, peaks: dict[str, np.ndarray] | None, *, tic=None, mz_range=No
         # mark each centroid on the drawn trace (the trace includes the baseline the height excludes)
         py = np.interp(pm, mz, y) if len(mz) > 1 else np.zeros(len(pm))
         ax.plot(pm[in_view], py[in_view], "v", color="#c0392b", markersize=4, label=f"{int(in_view.sum())} peaks")
-        from ionstream.viewer.window import top_peaks
+        from ionstream.viewer.model import top_peaks
 
         lo, hi = mz_range or (float(mz[0]), float(mz[-1]))
         sub = np.flatnonzero(in_view)

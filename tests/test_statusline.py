@@ -165,3 +165,13 @@ class TestFormatStatus:
     def test_alarm_outlasts_details(self):
         line = format_status({**SNAPSHOT, "reconnecting": True}, 60)
         assert "SOURCE LOST, reconnecting" in line and len(line) <= 60
+
+
+def test_unhealthy_and_reloading_are_shown_and_kept_longest():
+    from ionstream.daemon.statusline import format_status
+
+    line = format_status({"state": "degraded", "health": "unhealthy", "scans_per_s": 0.0, "model_reload": "reloading"})
+    assert line.startswith("degraded | UNHEALTHY | 0.0 scans/s") and "reloading model" in line
+    narrow = format_status({"state": "running", "health": "unhealthy", "scans_per_s": 20.0, "drops_total": 5,
+                            "crc_errors": 1, "ring_fill": 0.95}, width=40)
+    assert "UNHEALTHY" in narrow and len(narrow) <= 40

@@ -57,6 +57,10 @@ def status_fields(s: dict[str, Any]) -> list[tuple[int, str]]:
         fields.append((2, f"REC {s['recording']}"))
     if s.get("reconnecting"):
         fields.append((0, "SOURCE LOST, reconnecting"))
+    if s.get("health", "ok") != "ok":  # the reasons are in the log (once) and in `ionstream status`
+        fields.insert(1, (0, "UNHEALTHY"))
+    if s.get("model_reload") == "reloading":
+        fields.append((2, "reloading model"))
     return fields
 
 

@@ -12,10 +12,13 @@ builds on it; tests/test_gpu.py runs all of it on a real GPU):
   work on the stream, an async D2H copy and one ``stream.synchronize()``.
 - :class:`StreamBackend`: a :class:`~inference.backend.Backend` over N slots per GPU, fed
   round-robin, up to N batches in flight (one per stream). Subclasses implement
-  ``_execute(slot, n)``: TensorRT enqueues its engine; :class:`GpuNormaliser` runs the
+  ``_execute(slot, n)``: TensorRT enqueues its engine; torch_backend runs the torch program (a CUDA
+  graph replay) on the slot's buffers in place; :class:`GpuNormaliser` runs the
   feature-normalisation kernel.
 - :class:`DeviceFeaturizer`: dsp.features' binning and normalisation for a whole batch on the
-  GPU (same formulas; float32 on the device against float64 on the host).
+  GPU (same formulas; float32 on the device against float64 on the host). ``bin_device`` and
+  ``normalise_device`` write any device buffer on any stream: the torch backend points them at
+  its slot's network input, so GPU features never return to the host.
 
 Kernels are compiled at run time with NVRTC (cuda-python, present wherever CUDA is) or, failing
 that, pycuda's SourceModule (needs nvcc).
@@ -227,12 +230,17 @@ class StreamBackend(Backend):
         """Enqueue the work for ``n`` rows on ``slot.stream`` (input already on its way to dev_in)."""
         raise NotImplementedError
 
-    def submit(self, batch: np.ndarray) -> SlotPending:
-        batch = self.check_batch(batch)
+    def _next_slot(self) -> StreamSlot:
+        """The next slot round-robin, its previous batch finished (the caller kept more in flight than slots)."""
         slot = self.slots[self._next]
         self._next = (self._next + 1) % len(self.slots)
-        if slot.pending is not None:      # the caller kept more in flight than slots: finish it
+        if slot.pending is not None:
             slot.pending.wait()
+        return slot
+
+    def submit(self, batch: np.ndarray) -> SlotPending:
+        batch = self.check_batch(batch)
+        slot = self._next_slot()
         with slot.ctx.active():
             n = slot.upload(batch)
             self._execute(slot, n)

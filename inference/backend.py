@@ -174,7 +174,7 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "fp32", max_
         Passed to the backend that takes them (others are ignored; unknown names are an error):
         onnxruntime ``intra_op_threads``, ``providers``, ``io_binding``, ``device_id``; tensorrt
         ``gpus``, ``contexts_per_gpu``, ``engine_cache``, ``profile``, ``opt_batch``, ...; torch
-        ``gpus``, ``contexts_per_gpu`` (streams per GPU), ``cuda_graphs``, ``device``
+        ``gpus``, ``contexts_per_gpu`` (streams per GPU), ``cuda_graphs``, ``blocking_sync``, ``device``
         (auto/cuda/cpu), ``intra_op_threads`` (CPU).
     """
     if backend not in BACKENDS:
@@ -223,7 +223,7 @@ _OPTIONS = {
     "onnxruntime": {"intra_op_threads", "providers", "io_binding", "device_id"},
     "tensorrt": {"gpus", "contexts_per_gpu", "engine_cache", "profile", "opt_batch", "workspace_bytes",
                  "progress", "rebuild"},
-    "torch": {"gpus", "contexts_per_gpu", "cuda_graphs", "device", "intra_op_threads"},
+    "torch": {"gpus", "contexts_per_gpu", "cuda_graphs", "blocking_sync", "device", "intra_op_threads"},
 }
 
 

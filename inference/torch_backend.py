@@ -16,6 +16,8 @@ On CUDA (:class:`TorchCudaBackend`) it runs on inference.gpu's machinery, as Ten
   slot's pycuda stream (``torch.cuda.ExternalStream``);
 - CUDA graphs: per slot, one graph per batch bucket (powers of two up to ``max_batch``) captured
   at start; a batch of n replays the smallest bucket >= n (rows beyond n are ignored);
+- a batch ends with the slot's blocking-sync event: the waiting thread sleeps rather than spins
+  (``blocking_sync=False`` spins, for the lowest latency of one spectrum at a time);
 - precision ``fp32`` (TF32 off, so results match ONNX Runtime CPU) or ``fp16`` (half weights and
   activations, float32 in and out);
 - :meth:`TorchCudaBackend.submit_spectra`: raw spectra binned and normalised on the GPU by
@@ -149,7 +151,7 @@ class TorchCudaBackend(StreamBackend):
 
     def __init__(self, program_path: str | Path, *, input_name: str, output_name: str, n_features: int,
                  n_classes: int, precision: str = "fp32", max_batch: int = 64, gpus: list[int] | None = None,
-                 streams_per_gpu: int = 2, cuda_graphs: bool = True):
+                 streams_per_gpu: int = 2, cuda_graphs: bool = True, blocking_sync: bool = True):
         super().__init__()
         _check_precision(precision)
         self.torch = import_torch()
@@ -162,7 +164,9 @@ class TorchCudaBackend(StreamBackend):
         self._program = load_program(self.program_path)
         self._modules: dict[int, Any] = {}
         self._featurize = False
-        self._setup(list(gpus or [0]), self.streams_per_gpu, int(max_batch), self.n_features, self.n_classes)
+        self.blocking_sync = bool(blocking_sync)
+        self._setup(list(gpus or [0]), self.streams_per_gpu, int(max_batch), self.n_features, self.n_classes,
+                    blocking_sync=self.blocking_sync)
         log.info("torch %s: %s (%s) on %s, %d stream(s) per GPU, max batch %d, CUDA graphs %s",
                  self.torch.__version__, self.program_path.name, precision,
                  ", ".join(f"cuda:{c.index} {c.name}" for c in self.contexts), self.streams_per_gpu,
@@ -284,7 +288,8 @@ class TorchCudaBackend(StreamBackend):
     def describe(self) -> dict[str, Any]:
         d = {"backend": self.name, "device": ",".join(f"cuda:{c.index}" for c in self.contexts),
              "precision": self.precision, "torch": self.torch.__version__, "model_file": self.program_path.name,
-             "streams_per_gpu": self.streams_per_gpu, "cuda_graphs": self.cuda_graphs, "max_batch": self.max_batch}
+             "streams_per_gpu": self.streams_per_gpu, "cuda_graphs": self.cuda_graphs,
+             "blocking_sync": self.blocking_sync, "max_batch": self.max_batch}
         if self.contexts:
             d.update(self.contexts[0].describe())
         return d
@@ -295,7 +300,7 @@ def open_torch(program_path: Path, *, device: str = "auto", **kwargs) -> Backend
     torch and pycuda see a GPU, else the CPU with a log line saying why)."""
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"torch device must be auto, cuda or cpu, got {device!r}")
-    cuda_opts = {k: kwargs.pop(k) for k in ("gpus", "streams_per_gpu", "cuda_graphs") if k in kwargs}
+    cuda_opts = {k: kwargs.pop(k) for k in ("gpus", "streams_per_gpu", "cuda_graphs", "blocking_sync") if k in kwargs}
     cpu_opts = {k: kwargs.pop(k) for k in ("intra_op_threads",) if k in kwargs}
     if device != "cpu":
         ok, why = torch_cuda_available()

@@ -278,7 +278,8 @@ def check_torch_program(pt2: Path, onnx_path: Path, X: np.ndarray) -> dict:
             "against": f"model.onnx on onnxruntime {ort.__version__} CPU"}
 
 
-def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: int = 2) -> dict:
+def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: int = 2,
+                        spectra: int = TORCH_CHECK_SPECTRA) -> dict:
     """Export ``model`` to ``bundle_dir/model.pt2``, check it against model.onnx; returns the
     ``torch_program`` entry for model.json. Raises SystemExit if the two disagree."""
     import torch
@@ -287,7 +288,7 @@ def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: 
 
     path = bundle_dir / TORCH_PROGRAM
     export_torch(model, spec.bins, path)
-    X, _ = make_dataset(TORCH_CHECK_SPECTRA, TORCH_CHECK_SEED, spec, workers=workers, variants=False,
+    X, _ = make_dataset(spectra, TORCH_CHECK_SEED, spec, workers=workers, variants=False,
                         desc="torch program check spectra")
     check = check_torch_program(path, bundle_dir / "model.onnx", X)
     if check["top1_agreement"] < 0.999 or check["max_abs_prob_diff"] > 1e-3:
@@ -298,13 +299,13 @@ def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: 
             "torch": torch.__version__.split("+")[0], "check": check}
 
 
-def export_torch_only(bundle_dir: Path, workers: int) -> int:
+def export_torch_only(bundle_dir: Path, workers: int, spectra: int = TORCH_CHECK_SPECTRA) -> int:
     """``--export-torch``: add model.pt2 to an existing bundle (no training)."""
     from inference.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     model = net_from_onnx(bundle.onnx_path, bundle.feature_spec.bins, bundle.n_classes)
-    entry = write_torch_program(model, bundle.path, bundle.feature_spec, workers=workers)
+    entry = write_torch_program(model, bundle.path, bundle.feature_spec, workers=workers, spectra=spectra)
     meta = json.loads(bundle.json_path.read_text())
     meta["torch_program"] = entry
     bundle.json_path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -345,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse/keep the generated data set in this .npz (same arguments only)")
     ap.add_argument("--export-torch", type=Path, metavar="BUNDLE", default=None,
                     help="no training: add model.pt2 (torch.export program of model.onnx's network) to BUNDLE")
+    ap.add_argument("--torch-check-spectra", type=int, default=TORCH_CHECK_SPECTRA, metavar="N",
+                    help="fresh spectra the torch program is checked on against model.onnx (default %(default)s)")
     args = ap.parse_args(argv)
     if args.export_torch is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-        return export_torch_only(args.export_torch, args.workers)
+        return export_torch_only(args.export_torch, args.workers, args.torch_check_spectra)
 
     import torch
     import onnx
@@ -410,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"name": INPUT_NAME, **spec.to_dict()},
         "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
         "files": {"fp32": {"path": "model.onnx", "sha256": sha256_file(onnx_path)}},
-        "torch_program": write_torch_program(model, args.out, spec, workers=args.workers),
+        "torch_program": write_torch_program(model, args.out, spec, workers=args.workers,
+                                             spectra=args.torch_check_spectra),
         "training": {
             "seed": args.seed, "train_spectra": args.train, "epochs": args.epochs, "batch": args.batch,
             "lr": args.lr, "instrument_variants": variants, "data_seconds": round(t_data, 1),

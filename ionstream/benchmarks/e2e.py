@@ -13,7 +13,9 @@ busy time per scan (wall, GIL waits included), inference per batch.
 
 ``--backend torch`` (or tensorrt, auto) runs steps 1 and 2 on that backend and step 1 once more
 on ONNX Runtime CPU in the same process, so the classifier thread's CPU per scan can be compared
-(``cpu_backend_*`` figures and ``classifier_cpu_ratio`` = ONNX Runtime's / this backend's).
+(``cpu_backend_*`` figures and ``classifier_cpu_ratio`` = ONNX Runtime's / this backend's), and
+once with a classifier that does no work (``floor_cpu_ms_per_scan_classifier``: batching, results
+and publishing the class messages, which every backend pays).
 """
 from __future__ import annotations
 
@@ -86,10 +88,42 @@ def _cpu_by_stage() -> dict[str, float]:
     return out
 
 
-def _run_pipeline(config: Config, seconds: float, progress) -> dict:
+class _ConstantBackend:
+    """A classifier that does no work (fixed probabilities): the classifier thread's CPU floor."""
+
+    name = "constant"
+    max_in_flight = 1
+
+    def __init__(self, n_classes: int):
+        self._probs = np.full((1, n_classes), 1.0 / n_classes, np.float32)
+
+    def submit(self, batch: np.ndarray):
+        from inference.backend import Pending
+
+        return Pending(np.repeat(self._probs, len(batch), axis=0))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": "none", "precision": "none"}
+
+    def close(self) -> None:
+        pass
+
+
+def _pipeline_class(constant: bool):
     from ionstream.pipeline import Pipeline
 
-    pipeline = Pipeline(config).start()
+    if not constant:
+        return Pipeline
+
+    class FloorPipeline(Pipeline):
+        def _backend_factory(self, bundle):
+            return lambda: _ConstantBackend(bundle.n_classes)
+
+    return FloorPipeline
+
+
+def _run_pipeline(config: Config, seconds: float, progress, constant: bool = False) -> dict:
+    pipeline = _pipeline_class(constant)(config).start()
     time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, caches, first batches
     s0 = pipeline.snapshot()
     busy0 = sum(pipeline.dsp.busy_ns)
@@ -177,7 +211,10 @@ def run(args: argparse.Namespace, progress) -> dict:
     if backend != "onnxruntime":
         progress("max sustained rate, onnxruntime CPU (the comparison)")
         cpu = _run_pipeline(_config(args.samples, 0, args.workers), args.seconds, progress)
-        compare = {"cpu_backend_scans_per_s": cpu["scans_per_s"],
+        progress("max sustained rate, a constant classifier (the classifier thread's CPU floor)")
+        floor = _run_pipeline(_config(args.samples, 0, args.workers), args.seconds, progress, constant=True)
+        compare = {"floor_cpu_ms_per_scan_classifier": floor.get("cpu_ms_per_scan_classifier", float("nan")),
+                   "cpu_backend_scans_per_s": cpu["scans_per_s"],
                    "cpu_backend_cpu_ms_per_scan_classifier": cpu.get("cpu_ms_per_scan_classifier", float("nan")),
                    "classifier_cpu_ratio": (cpu.get("cpu_ms_per_scan_classifier", float("nan"))
                                             / max(1e-9, full.get("cpu_ms_per_scan_classifier", float("nan"))))}

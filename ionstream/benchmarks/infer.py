@@ -20,7 +20,8 @@ daemon's): batches go through the backend's own submit/wait path with as many in
 has streams, and ``best_batch`` / ``best_batch_throughput_per_s`` report the fastest.
 
 Figures (``--json``): batched_speedup (micro-batcher throughput at capacity / naive loop
-throughput), throughput_per_s, naive_throughput_per_s, p99_added_delay_ms, p50_added_delay_ms and
+throughput), throughput_per_s, naive_throughput_per_s, naive_cpu_ms_per_call (CPU of the calling
+thread per one-spectrum call: what the backend costs the batcher's thread), p99_added_delay_ms, p50_added_delay_ms and
 observed_max_delay_ms (at half load), max_delay_ms (the configured maximum), mean_batch, batch_speedup_max
 (raw predict at max batch vs batch 1), fp32_top1, fp16_top1, int8_top1, fp16/int8 top1_loss_points,
 fp16_speedup, int8_speedup (time per batch of max-batch vs FP32, best of interleaved rounds;
@@ -92,9 +93,11 @@ def _naive(backend, X, seconds):
         lat.append(time.perf_counter_ns() - t)
         i[0] += 1
 
+    cpu0 = time.thread_time()
     n, dt = _timed(one, seconds)
+    cpu_ms = (time.thread_time() - cpu0) / (n + 1) * 1e3
     lat = np.array(lat[1:]) / 1e6
-    return n / dt, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return n / dt, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), cpu_ms
 
 
 def _sizes(max_batch: int) -> list[int]:
@@ -192,8 +195,9 @@ def run(args, progress) -> dict:
         res["backend"] = backend.name
         detail["backend_info"] = backend.describe()
         progress(f"naive loop ({backend.name}, one spectrum per call)")
-        naive, p50, p99 = _naive(backend, X, args.seconds)
+        naive, p50, p99, cpu_ms = _naive(backend, X, args.seconds)
         res["naive_throughput_per_s"] = naive
+        res["naive_cpu_ms_per_call"] = cpu_ms   # the calling thread's CPU per one-spectrum call
         detail["naive_latency_ms_p50"], detail["naive_latency_ms_p99"] = p50, p99
         progress("batch sweep")
         sweep = _sweep(backend, X, sweep_to, args.seconds)

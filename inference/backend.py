@@ -1,7 +1,8 @@
 """The classifier backend interface, and choosing a backend.
 
-Every backend (onnxruntime_backend.OnnxRuntimeBackend, tensorrt_backend.TensorRTBackend) has the
-same small surface, after ONNX Runtime's own ``InferenceSession``:
+Every backend (onnxruntime_backend.OnnxRuntimeBackend, tensorrt_backend.TensorRTBackend,
+torch_backend.TorchCudaBackend / TorchCpuBackend) has the same small surface, after ONNX
+Runtime's own ``InferenceSession``:
 
 ``get_inputs()`` / ``get_outputs()``
     :class:`TensorInfo` (name, shape with ``"batch"`` for the dynamic axis, NumPy dtype).
@@ -12,7 +13,8 @@ same small surface, after ONNX Runtime's own ``InferenceSession``:
 ``submit(batch) -> Pending`` / ``pending.wait() -> np.ndarray``
     The same, split so a caller can keep up to ``max_in_flight`` batches running (TensorRT: one
     per execution context / CUDA stream). ONNX Runtime runs synchronously in ``submit``.
-``close()``, ``closed``, context manager; ``describe()`` returns settings as a flat dict.
+``close()``, ``closed``, context manager; ``describe()`` returns settings as a flat dict, with at
+least ``backend``, ``device`` (``cpu``, ``cuda:0``, ...) and ``precision`` (the daemon's status).
 
 A backend must be created, used and closed by one thread (TensorRT's CUDA context is current
 in that thread); the micro-batcher does all three in its own thread.
@@ -29,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger("ionstream.inference")
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 
 
 class BackendError(RuntimeError):
@@ -158,67 +160,104 @@ def open_backend(bundle, backend: str = "auto", *, precision: str = "fp32", max_
     Parameters
     ----------
     bundle : inference.bundle.ModelBundle
-    backend : "auto" | "onnxruntime" | "tensorrt"
-        ``auto`` picks TensorRT when it imports and a GPU is present, otherwise ONNX Runtime, and
-        logs which and why. If TensorRT was picked by ``auto`` and then fails to start, it falls
-        back to ONNX Runtime once, with a warning.
+    backend : "auto" | "onnxruntime" | "tensorrt" | "torch"
+        ``auto`` picks TensorRT when it imports and a GPU is present, else torch on CUDA when torch
+        and pycuda see a GPU and the bundle has a torch program, else ONNX Runtime on the CPU, and
+        logs which and why. A GPU backend picked by ``auto`` that fails to start falls back to the
+        next one, with a warning. ``torch`` alone runs on the CPU where no GPU is usable.
     precision : "fp32" | "fp16" | "int8"
-        Selects the bundle's graph of that precision (precision lives in the ONNX graph).
+        onnxruntime/tensorrt: the bundle's graph of that precision. torch: fp32 or fp16 (half
+        weights of the same program, CUDA only).
     max_batch : int
-        Largest batch (spectra); TensorRT sizes its optimisation profile and buffers for it.
+        Largest batch (spectra); GPU backends size their buffers (and TensorRT its profile) for it.
     options
-        Passed to the backend: onnxruntime ``intra_op_threads``, ``providers``, ``io_binding``;
-        tensorrt ``gpus``, ``contexts_per_gpu``, ``engine_cache``, ``profile``, ``opt_batch``.
+        Passed to the backend that takes them (others are ignored; unknown names are an error):
+        onnxruntime ``intra_op_threads``, ``providers``, ``io_binding``, ``device_id``; tensorrt
+        ``gpus``, ``contexts_per_gpu``, ``engine_cache``, ``profile``, ``opt_batch``, ...; torch
+        ``gpus``, ``contexts_per_gpu`` (streams per GPU), ``cuda_graphs``, ``blocking_sync``, ``device``
+        (auto/cuda/cpu), ``intra_op_threads`` (CPU).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    onnx_path = bundle.onnx_for(precision)
-    if backend == "auto":
-        ok, why = tensorrt_available()
-        if ok:
-            log.info("backend auto: tensorrt (%s)", why)
-            try:
-                return _open_tensorrt(bundle, onnx_path, precision, max_batch, options)
-            except Exception as exc:
-                log.warning("backend auto: tensorrt failed to start (%s: %s); falling back to onnxruntime",
-                            type(exc).__name__, exc)
-        else:
-            log.info("backend auto: onnxruntime (%s)", why)
-        return _open_onnxruntime(bundle, onnx_path, precision, max_batch, options)
-    if backend == "tensorrt":
-        ok, why = tensorrt_available()
+    unknown = set(options) - set().union(*_OPTIONS.values())
+    if unknown:
+        raise ValueError(f"unknown backend option(s): {', '.join(sorted(unknown))}")
+    if backend != "auto":
+        if backend == "tensorrt":
+            ok, why = tensorrt_available()
+            if not ok:
+                raise BackendUnavailable(f"backend tensorrt: {why}; install the gpu extra (pip install "
+                                         "'ionstream[gpu]': TensorRT, pycuda) on a machine with an NVIDIA GPU, "
+                                         "or use --backend auto (falls back to ONNX Runtime), torch or onnxruntime")
+        return _OPENERS[backend](bundle, precision, max_batch, _options_for(backend, options))
+    for name in ("tensorrt", "torch"):
+        ok, why = _gpu_candidate(name, bundle, precision)
         if not ok:
-            raise BackendUnavailable(f"backend tensorrt: {why}; install the gpu extra (pip install "
-                                     "'ionstream[gpu]': TensorRT, pycuda) on a machine with an NVIDIA GPU, "
-                                     "or use --backend auto (falls back to ONNX Runtime) or onnxruntime")
-        return _open_tensorrt(bundle, onnx_path, precision, max_batch, options)
-    return _open_onnxruntime(bundle, onnx_path, precision, max_batch, options)
+            log.info("backend auto: not %s (%s)", name, why)
+            continue
+        log.info("backend auto: %s (%s)", name, why)
+        opts = _options_for(name, options)
+        if name == "torch":
+            opts["device"] = "cuda"
+        try:
+            return _OPENERS[name](bundle, precision, max_batch, opts)
+        except Exception as exc:
+            log.warning("backend auto: %s failed to start (%s: %s); trying the next backend",
+                        name, type(exc).__name__, exc)
+    log.info("backend auto: onnxruntime")
+    return _open_onnxruntime(bundle, precision, max_batch, _options_for("onnxruntime", options))
 
 
-_ORT_OPTIONS = {"intra_op_threads", "providers", "io_binding", "device_id"}
-_TRT_OPTIONS = {"gpus", "contexts_per_gpu", "engine_cache", "profile", "opt_batch", "workspace_bytes",
-                "progress", "rebuild"}
+def _gpu_candidate(name: str, bundle, precision: str) -> tuple[bool, str]:
+    """Whether ``auto`` should try GPU backend ``name``, and why (not)."""
+    if name == "tensorrt":
+        return tensorrt_available()
+    from inference.torch_backend import TORCH_PRECISIONS, torch_cuda_available
+
+    if bundle.torch_program is None:
+        return False, "the bundle has no torch program (tools/train_model.py --export-torch makes one)"
+    if precision not in TORCH_PRECISIONS:
+        return False, f"torch runs fp32 or fp16, not {precision}"
+    return torch_cuda_available()
 
 
-def _open_onnxruntime(bundle, onnx_path, precision, max_batch, options) -> Backend:
+_OPTIONS = {
+    "onnxruntime": {"intra_op_threads", "providers", "io_binding", "device_id"},
+    "tensorrt": {"gpus", "contexts_per_gpu", "engine_cache", "profile", "opt_batch", "workspace_bytes",
+                 "progress", "rebuild"},
+    "torch": {"gpus", "contexts_per_gpu", "cuda_graphs", "blocking_sync", "device", "intra_op_threads"},
+}
+
+
+def _options_for(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k in _OPTIONS[backend]}
+
+
+def _open_onnxruntime(bundle, precision, max_batch, opts) -> Backend:
     from inference.onnxruntime_backend import OnnxRuntimeBackend
 
-    opts = {k: v for k, v in options.items() if k in _ORT_OPTIONS}
-    unknown = set(options) - _ORT_OPTIONS - _TRT_OPTIONS
-    if unknown:
-        raise ValueError(f"unknown backend option(s): {', '.join(sorted(unknown))}")
-    return OnnxRuntimeBackend(onnx_path, input_name=bundle.input_name, output_name=bundle.output_name,
-                              n_features=bundle.feature_spec.bins, n_classes=bundle.n_classes,
-                              precision=precision, max_batch=max_batch, **opts)
+    return OnnxRuntimeBackend(bundle.onnx_for(precision), input_name=bundle.input_name,
+                              output_name=bundle.output_name, n_features=bundle.feature_spec.bins,
+                              n_classes=bundle.n_classes, precision=precision, max_batch=max_batch, **opts)
 
 
-def _open_tensorrt(bundle, onnx_path, precision, max_batch, options) -> Backend:
+def _open_tensorrt(bundle, precision, max_batch, opts) -> Backend:
     from inference.tensorrt_backend import TensorRTBackend
 
-    opts = {k: v for k, v in options.items() if k in _TRT_OPTIONS}
-    unknown = set(options) - _ORT_OPTIONS - _TRT_OPTIONS
-    if unknown:
-        raise ValueError(f"unknown backend option(s): {', '.join(sorted(unknown))}")
-    return TensorRTBackend(onnx_path, input_name=bundle.input_name, output_name=bundle.output_name,
-                           n_features=bundle.feature_spec.bins, n_classes=bundle.n_classes,
-                           precision=precision, max_batch=max_batch, **opts)
+    return TensorRTBackend(bundle.onnx_for(precision), input_name=bundle.input_name,
+                           output_name=bundle.output_name, n_features=bundle.feature_spec.bins,
+                           n_classes=bundle.n_classes, precision=precision, max_batch=max_batch, **opts)
+
+
+def _open_torch(bundle, precision, max_batch, opts) -> Backend:
+    from inference.torch_backend import open_torch
+
+    opts = dict(opts)
+    if "contexts_per_gpu" in opts:      # the config's name; a torch "context" is a stream slot
+        opts["streams_per_gpu"] = opts.pop("contexts_per_gpu")
+    return open_torch(bundle.torch_program_path(), input_name=bundle.input_name, output_name=bundle.output_name,
+                      n_features=bundle.feature_spec.bins, n_classes=bundle.n_classes, precision=precision,
+                      max_batch=max_batch, **opts)
+
+
+_OPENERS = {"onnxruntime": _open_onnxruntime, "tensorrt": _open_tensorrt, "torch": _open_torch}

@@ -13,6 +13,8 @@
       "files": {"fp32": {"path": "model.onnx", "sha256": "..."},
                 "fp16": {"path": "model.fp16.onnx", "sha256": "...", "top1": 0.99},   # optional
                 "int8": {"path": "model.int8.onnx", "sha256": "...", "top1": 0.99}},  # optional
+      "torch_program": {"path": "model.pt2", "sha256": "...", "format": "torch.export",   # optional
+                        "torch": "2.13.0", "check": {...}},
       "training": {...}, "provenance": {...}, "evaluation": {"held_out_top1": ..., ...}
     }
 
@@ -21,6 +23,11 @@ computes); ``files`` lists one ONNX graph per precision, all with the same input
 Every problem (missing file, bad JSON, checksum mismatch, an ONNX graph that does not load, an
 input or output shape that disagrees with the spec or the labels) raises :class:`BundleError`
 naming the file and the mismatch, at load time, i.e. at daemon start-up.
+
+``torch_program`` (optional) is the same FP32 network as a ``torch.export`` program, written by
+``tools/train_model.py`` (``--export-torch`` for an existing bundle) after checking it against
+``model.onnx`` on the same spectra; the torch backend runs it. Its checksum is checked at load
+like the ONNX graphs'; it is deserialised only by the torch backend.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ log = logging.getLogger("ionstream.inference")
 FORMAT = "ionstream-model"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
+TORCH_PROGRAM_FORMAT = "torch.export"
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "default"
 """The bundle shipped with ionstream (trained by tools/train_model.py)."""
 
@@ -61,6 +69,7 @@ class ModelBundle:
     files: dict[str, Path]             # precision -> ONNX path (fp32 always present)
     sha256: dict[str, str]             # precision -> SHA-256 of that file
     meta: dict[str, Any] = field(repr=False)   # the whole model.json
+    torch_program: Path | None = None  # the torch.export program (model.pt2), if the bundle has one
 
     @property
     def onnx_path(self) -> Path:
@@ -80,6 +89,16 @@ class ModelBundle:
                 f"{self.json_path}: no {precision} model in this bundle (it has {', '.join(self.files)}); "
                 f"make one with `python tools/quantize_model.py {self.path} --precision {precision}`")
         return self.files[precision]
+
+    def torch_program_path(self) -> Path:
+        """The bundle's ``torch.export`` program; BundleError saying how to make one if it has none."""
+        if self.torch_program is None:
+            raise BundleError(
+                f"{self.json_path}: no torch program in this bundle (model.json has no 'torch_program'), "
+                f"so the torch backend cannot run it; make one with "
+                f"`python tools/train_model.py --export-torch {self.path}` (needs torch and onnx: "
+                f"pip install '.[train]')")
+        return self.torch_program
 
     def describe(self) -> dict[str, Any]:
         """Settings as a flat dict (status, capture headers)."""
@@ -215,10 +234,32 @@ def load_bundle(path: str | Path | None = None, *, check_graphs: bool = True) ->
     if check_graphs:
         for p in files.values():
             check_onnx(p, spec, len(labels), input_name, output["name"], json_path)
+    torch_program = _torch_program(meta.get("torch_program"), root, json_path)
     bundle = ModelBundle(path=root, json_path=json_path, name=str(meta.get("name", root.name)),
                          version=str(meta["version"]), labels=tuple(labels), feature_spec=spec,
                          input_name=input_name, output_name=output["name"], files=files, sha256=digests,
-                         meta=meta)
+                         meta=meta, torch_program=torch_program)
     log.debug("model bundle %s: %s v%s, %d classes, %d bins, precisions %s", root, bundle.name, bundle.version,
               bundle.n_classes, spec.bins, ", ".join(files))
     return bundle
+
+
+def _torch_program(entry: Any, root: Path, json_path: Path) -> Path | None:
+    """The checked path of ``model.json``'s ``torch_program`` entry (None when absent)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise BundleError(f"{json_path}: torch_program must be an object with a 'path'")
+    if entry.get("format", TORCH_PROGRAM_FORMAT) != TORCH_PROGRAM_FORMAT:
+        raise BundleError(f"{json_path}: torch_program.format is {entry.get('format')!r}; this ionstream runs "
+                          f"{TORCH_PROGRAM_FORMAT!r} programs (re-export with tools/train_model.py --export-torch)")
+    p = (root / entry["path"]).resolve()
+    if root not in p.parents:
+        raise BundleError(f"{json_path}: torch_program.path {entry['path']!r} leaves the bundle directory")
+    if not p.is_file():
+        raise BundleError(f"{p}: missing (listed in {json_path.name} as torch_program)")
+    want = entry.get("sha256")
+    if want is not None and want != sha256_file(p):
+        raise BundleError(f"{p}: SHA-256 does not match {json_path.name} torch_program.sha256 "
+                          f"(corrupted or replaced file)")
+    return p

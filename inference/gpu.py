@@ -9,13 +9,17 @@ builds on it; tests/test_gpu.py runs all of it on a real GPU):
   allocated under it is freed by that thread (pycuda refuses out-of-thread frees).
 - :class:`StreamSlot`: one CUDA stream with its own page-locked host buffers and device
   buffers, allocated once for the largest batch and reused; a batch is an async H2D copy,
-  work on the stream, an async D2H copy and one ``stream.synchronize()``.
+  work on the stream, an async D2H copy and one wait on the slot's event (blocking-sync by
+  default: the waiting thread sleeps instead of spinning a core).
 - :class:`StreamBackend`: a :class:`~inference.backend.Backend` over N slots per GPU, fed
   round-robin, up to N batches in flight (one per stream). Subclasses implement
-  ``_execute(slot, n)``: TensorRT enqueues its engine; :class:`GpuNormaliser` runs the
+  ``_execute(slot, n)``: TensorRT enqueues its engine; torch_backend runs the torch program (a CUDA
+  graph replay) on the slot's buffers in place; :class:`GpuNormaliser` runs the
   feature-normalisation kernel.
 - :class:`DeviceFeaturizer`: dsp.features' binning and normalisation for a whole batch on the
-  GPU (same formulas; float32 on the device against float64 on the host).
+  GPU (same formulas; float32 on the device against float64 on the host). ``bin_device`` and
+  ``normalise_device`` write any device buffer on any stream: the torch backend points them at
+  its slot's network input, so GPU features never return to the host.
 
 Kernels are compiled at run time with NVRTC (cuda-python, present wherever CUDA is) or, failing
 that, pycuda's SourceModule (needs nvcc).
@@ -127,12 +131,17 @@ class StreamSlot:
     """
 
     def __init__(self, ctx: CudaContext, max_batch: int, n_in: int, n_out: int,
-                 in_dtype=np.float32, out_dtype=np.float32, index: int = 0):
+                 in_dtype=np.float32, out_dtype=np.float32, index: int = 0, blocking_sync: bool = True):
         cuda = ctx._cuda
         self.ctx = ctx
         self.index = index
         self.max_batch = int(max_batch)
         self.stream = cuda.Stream()
+        # Waiting on a blocking-sync event sleeps in the driver; stream.synchronize() on the primary
+        # context (scheduling "auto") spins a core for the whole batch, CPU the daemon's DSP needs.
+        flags = cuda.event_flags.DISABLE_TIMING | (cuda.event_flags.BLOCKING_SYNC if blocking_sync else 0)
+        self.done = cuda.Event(flags)
+        self.blocking_sync = bool(blocking_sync)
         self.host_in = cuda.pagelocked_empty((self.max_batch, n_in), np.dtype(in_dtype))
         self.host_out = cuda.pagelocked_empty((self.max_batch, n_out), np.dtype(out_dtype))
         self.dev_in = cuda.mem_alloc(self.host_in.nbytes)
@@ -148,19 +157,21 @@ class StreamSlot:
         return n
 
     def download(self, n: int) -> None:
-        """Start the D2H copy of the first ``n`` output rows into the pinned output buffer."""
+        """Start the D2H copy of the first ``n`` output rows into the pinned output buffer, and mark
+        the end of the batch with the slot's event (what ``SlotPending.wait`` waits for)."""
         self._cuda.memcpy_dtoh_async(self.host_out[:n], self.dev_out, self.stream)
+        self.done.record(self.stream)
 
     def free(self) -> None:
         for buf in (self.dev_in, self.dev_out):
             buf.free()
         for arr in (self.host_in, self.host_out):
             arr.base.free()
-        self.stream = None
+        self.stream = self.done = None
 
 
 class SlotPending(Pending):
-    """A batch running on a slot's stream; ``wait()`` synchronizes that stream once."""
+    """A batch running on a slot's stream; ``wait()`` waits once for the slot's end-of-batch event."""
 
     __slots__ = ("slot", "n")
 
@@ -172,7 +183,7 @@ class SlotPending(Pending):
         if self._result is None:
             slot = self.slot
             with slot.ctx.active():
-                slot.stream.synchronize()
+                slot.done.synchronize()
             self._result = slot.host_out[:self.n].copy()
             if slot.pending is self:
                 slot.pending = None
@@ -187,7 +198,7 @@ class StreamBackend(Backend):
     """
 
     def _setup(self, gpus: list[int], slots_per_gpu: int, max_batch: int, n_in: int, n_out: int,
-               in_dtype=np.float32, out_dtype=np.float32) -> None:
+               in_dtype=np.float32, out_dtype=np.float32, blocking_sync: bool = True) -> None:
         if not gpus:
             raise ValueError("`gpus` must list at least one GPU index")
         if slots_per_gpu < 1:
@@ -202,8 +213,8 @@ class StreamBackend(Backend):
                 self.contexts.append(ctx)
                 with ctx.active():
                     self._prepare_gpu(ctx)
-                    mine = [StreamSlot(ctx, max_batch, n_in, n_out, in_dtype, out_dtype, index=i)
-                            for i in range(slots_per_gpu)]
+                    mine = [StreamSlot(ctx, max_batch, n_in, n_out, in_dtype, out_dtype, index=i,
+                                       blocking_sync=blocking_sync) for i in range(slots_per_gpu)]
                     for slot in mine:
                         self._prepare_slot(slot)
                 per_gpu.append(mine)
@@ -227,12 +238,17 @@ class StreamBackend(Backend):
         """Enqueue the work for ``n`` rows on ``slot.stream`` (input already on its way to dev_in)."""
         raise NotImplementedError
 
-    def submit(self, batch: np.ndarray) -> SlotPending:
-        batch = self.check_batch(batch)
+    def _next_slot(self) -> StreamSlot:
+        """The next slot round-robin, its previous batch finished (the caller kept more in flight than slots)."""
         slot = self.slots[self._next]
         self._next = (self._next + 1) % len(self.slots)
-        if slot.pending is not None:      # the caller kept more in flight than slots: finish it
+        if slot.pending is not None:
             slot.pending.wait()
+        return slot
+
+    def submit(self, batch: np.ndarray) -> SlotPending:
+        batch = self.check_batch(batch)
+        slot = self._next_slot()
         with slot.ctx.active():
             n = slot.upload(batch)
             self._execute(slot, n)

@@ -133,7 +133,8 @@ class OnnxRuntimeBackend(Backend):
         return self._out[:n].copy()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "precision": self.precision, "model_file": self.onnx_path.name,
+        device = f"cuda:{self.device_id}" if self.providers and self.providers[0] == CUDA else "cpu"
+        return {"backend": self.name, "device": device, "precision": self.precision, "model_file": self.onnx_path.name,
                 "providers": ",".join(self.providers), "intra_op_threads": self.intra_op_threads,
                 "io_binding": self._io is not None, "max_batch": self.max_batch}
 

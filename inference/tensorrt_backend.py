@@ -291,7 +291,8 @@ class TensorRTBackend(StreamBackend):
         return sorted(((k, p.total_ms[k], p.calls[k]) for k in p.total_ms), key=lambda r: -r[1])
 
     def describe(self) -> dict[str, Any]:
-        d = {"backend": self.name, "tensorrt": self.trt.__version__, "precision": self.precision,
+        d = {"backend": self.name, "device": ",".join(f"cuda:{c.index}" for c in self.contexts),
+             "tensorrt": self.trt.__version__, "precision": self.precision,
              "model_file": self.onnx_path.name, "gpus": ",".join(str(c.index) for c in self.contexts),
              "contexts_per_gpu": self.contexts_per_gpu, "max_batch": self.max_batch, "opt_batch": self.opt_batch}
         if self.contexts:

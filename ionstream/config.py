@@ -83,8 +83,8 @@ class DspConfig:
 
 @dataclass
 class InferenceConfig:
-    backend: str = _f("auto", "classifier backend: auto, onnxruntime, tensorrt, or none",
-                      choices=("auto", "onnxruntime", "tensorrt", "none"))
+    backend: str = _f("auto", "classifier backend: auto, onnxruntime, tensorrt, torch, or none",
+                      choices=("auto", "onnxruntime", "tensorrt", "torch", "none"))
     model: str = _f("", "model bundle directory (model.onnx + model.json); empty = the shipped default")
     precision: str = _f("fp32", "tensorrt precision: fp32, fp16 or int8", choices=("fp32", "fp16", "int8"))
     max_batch: int = _f(32, "micro-batcher: largest batch (spectra)", min=1)

@@ -4,6 +4,7 @@
     .venv/bin/pip install -e '.[train]'          # torch (CPU build) + onnx
     .venv/bin/python tools/train_model.py --out inference/models/default
     .venv/bin/python tools/quantize_model.py inference/models/default     # fp16 + int8 graphs
+    .venv/bin/python tools/train_model.py --export-torch inference/models/default   # model.pt2 only
 
 Labelled spectra come from the simulator's spectrum model (instrument.spectrum_model
 .random_spectrum: one dominant compound per class with nuisance variation: m/z shift, intensity
@@ -13,6 +14,11 @@ learns m/z features rather than one sampling. Each spectrum becomes the feature 
 dsp.features (the same code the daemon runs), and a small 1-D convolutional network learns the
 class. Deterministic for a given --seed (data in fixed chunks seeded from it; torch
 deterministic algorithms; a fixed thread count). Takes a few minutes on 2 CPU cores.
+
+Besides model.onnx the bundle gets model.pt2, the same network as a torch.export program (dynamic
+batch axis) for the torch backend, checked against model.onnx through ONNX Runtime on fresh
+spectra before it is written into model.json (torch_program). ``--export-torch BUNDLE`` adds it
+to an existing bundle without training: the network is rebuilt from model.onnx's weights.
 """
 from __future__ import annotations
 
@@ -225,6 +231,88 @@ def export_onnx(model, bins: int, path: Path, opset: int = 17) -> None:
     onnx.save(m, str(path))
 
 
+TORCH_PROGRAM = "model.pt2"
+TORCH_CHECK_SPECTRA = 1000
+TORCH_CHECK_SEED = 515151
+
+
+def export_torch(model, bins: int, path: Path) -> None:
+    """Write ``model`` (features -> probabilities) as a torch.export program with a dynamic batch axis."""
+    import torch
+    from torch.export import Dim
+
+    model = model.eval()
+    with torch.no_grad():
+        program = torch.export.export(model, (torch.zeros(4, bins),),
+                                      dynamic_shapes={"x": {0: Dim("batch", min=1, max=1 << 20)}})
+    torch.export.save(program, str(path))
+
+
+def net_from_onnx(onnx_path: Path, bins: int, n_classes: int):
+    """The training network with ``model.onnx``'s weights (the initializers carry the state_dict names)."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_path)).graph
+    state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    net, wrap = build_net(bins, n_classes)
+    model = wrap(net)
+    model.load_state_dict(state, strict=True)   # any architecture change fails here, by name
+    return model.eval()
+
+
+def check_torch_program(pt2: Path, onnx_path: Path, X: np.ndarray) -> dict:
+    """The saved program against ONNX Runtime CPU on the same spectra: top-1 agreement, max |dp|."""
+    import onnxruntime as ort
+    import torch
+
+    module = torch.export.load(str(pt2)).module()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 500]})[0] for i in range(0, len(X), 500)])
+    with torch.inference_mode():
+        got = np.concatenate([module(torch.from_numpy(X[i:i + 500])).numpy() for i in range(0, len(X), 500)])
+        one = module(torch.from_numpy(X[:1])).numpy()      # batch 1 too: the axis is really dynamic
+    return {"spectra": len(X), "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+            "max_abs_prob_diff": float(max(np.abs(got - ref).max(), np.abs(one - ref[:1]).max())),
+            "against": f"model.onnx on onnxruntime {ort.__version__} CPU"}
+
+
+def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: int = 2,
+                        spectra: int = TORCH_CHECK_SPECTRA) -> dict:
+    """Export ``model`` to ``bundle_dir/model.pt2``, check it against model.onnx; returns the
+    ``torch_program`` entry for model.json. Raises SystemExit if the two disagree."""
+    import torch
+
+    from inference.bundle import TORCH_PROGRAM_FORMAT, sha256_file
+
+    path = bundle_dir / TORCH_PROGRAM
+    export_torch(model, spec.bins, path)
+    X, _ = make_dataset(spectra, TORCH_CHECK_SEED, spec, workers=workers, variants=False,
+                        desc="torch program check spectra")
+    check = check_torch_program(path, bundle_dir / "model.onnx", X)
+    if check["top1_agreement"] < 0.999 or check["max_abs_prob_diff"] > 1e-3:
+        path.unlink()
+        raise SystemExit(f"torch program disagrees with model.onnx: {check}; not written")
+    check["seed"] = TORCH_CHECK_SEED
+    return {"path": TORCH_PROGRAM, "sha256": sha256_file(path), "format": TORCH_PROGRAM_FORMAT,
+            "torch": torch.__version__.split("+")[0], "check": check}
+
+
+def export_torch_only(bundle_dir: Path, workers: int, spectra: int = TORCH_CHECK_SPECTRA) -> int:
+    """``--export-torch``: add model.pt2 to an existing bundle (no training)."""
+    from inference.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    model = net_from_onnx(bundle.onnx_path, bundle.feature_spec.bins, bundle.n_classes)
+    entry = write_torch_program(model, bundle.path, bundle.feature_spec, workers=workers, spectra=spectra)
+    meta = json.loads(bundle.json_path.read_text())
+    meta["torch_program"] = entry
+    bundle.json_path.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {bundle.path / TORCH_PROGRAM}: {entry['check']}", file=sys.stderr)
+    return 0
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
@@ -256,7 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-variants", action="store_true", help="only the default instrument model")
     ap.add_argument("--cache", type=Path, default=None,
                     help="reuse/keep the generated data set in this .npz (same arguments only)")
+    ap.add_argument("--export-torch", type=Path, metavar="BUNDLE", default=None,
+                    help="no training: add model.pt2 (torch.export program of model.onnx's network) to BUNDLE")
+    ap.add_argument("--torch-check-spectra", type=int, default=TORCH_CHECK_SPECTRA, metavar="N",
+                    help="fresh spectra the torch program is checked on against model.onnx (default %(default)s)")
     args = ap.parse_args(argv)
+    if args.export_torch is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        return export_torch_only(args.export_torch, args.workers, args.torch_check_spectra)
 
     import torch
     import onnx
@@ -316,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         "input": {"name": INPUT_NAME, **spec.to_dict()},
         "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
         "files": {"fp32": {"path": "model.onnx", "sha256": sha256_file(onnx_path)}},
+        "torch_program": write_torch_program(model, args.out, spec, workers=args.workers,
+                                             spectra=args.torch_check_spectra),
         "training": {
             "seed": args.seed, "train_spectra": args.train, "epochs": args.epochs, "batch": args.batch,
             "lr": args.lr, "instrument_variants": variants, "data_seconds": round(t_data, 1),

@@ -10,6 +10,12 @@
    per scan + pickle over a ZeroMQ PUSH socket.
 Per-stage figures say where the time goes: CPU per scan of each stage's threads (Linux), DSP
 busy time per scan (wall, GIL waits included), inference per batch.
+
+``--backend torch`` (or tensorrt, auto) runs steps 1 and 2 on that backend and step 1 once more
+on ONNX Runtime CPU in the same process, so the classifier thread's CPU per scan can be compared
+(``cpu_backend_*`` figures and ``classifier_cpu_ratio`` = ONNX Runtime's / this backend's), and
+once with a classifier that does no work (``floor_cpu_ms_per_scan_classifier``: batching, results
+and publishing the class messages, which every backend pays).
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import numpy as np
 
 from ionstream.config import Config
 
-HELP = "whole pipeline throughput and latency vs a naive composition (simulator, CPU backend)"
+HELP = "whole pipeline throughput and latency vs a naive composition (simulator; --backend)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,16 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per pipeline run (default %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="DSP workers (0 = cores - 1)")
     parser.add_argument("--naive-scans", type=int, default=150, help="scans for the naive baseline")
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "auto", "tensorrt", "torch"),
+                        help="classifier backend (default %(default)s); any other is also compared with "
+                             "onnxruntime in the same run")
 
 
-def _config(samples: int, rate: float, workers: int) -> Config:
+def _config(samples: int, rate: float, workers: int, backend: str = "onnxruntime") -> Config:
     config = Config()
     # repeat: the instrument renders its spectra on its own hardware, not on the pipeline's cores
     config.source.url = f"sim://?rate={rate:g}&samples={samples}&seed=3&repeat=64"
     config.ring.policy = "block"
     config.ring.max_samples = samples
     config.dsp.workers = workers
-    config.inference.backend = "onnxruntime"
+    config.inference.backend = backend
     config.publish.endpoint = "inproc://bench-e2e"
     config.publish.control = ""
     return config
@@ -79,10 +88,42 @@ def _cpu_by_stage() -> dict[str, float]:
     return out
 
 
-def _run_pipeline(config: Config, seconds: float, progress) -> dict:
+class _ConstantBackend:
+    """A classifier that does no work (fixed probabilities): the classifier thread's CPU floor."""
+
+    name = "constant"
+    max_in_flight = 1
+
+    def __init__(self, n_classes: int):
+        self._probs = np.full((1, n_classes), 1.0 / n_classes, np.float32)
+
+    def submit(self, batch: np.ndarray):
+        from inference.backend import Pending
+
+        return Pending(np.repeat(self._probs, len(batch), axis=0))
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": "none", "precision": "none"}
+
+    def close(self) -> None:
+        pass
+
+
+def _pipeline_class(constant: bool):
     from ionstream.daemon.pipeline import Pipeline
 
-    pipeline = Pipeline(config).start()
+    if not constant:
+        return Pipeline
+
+    class FloorPipeline(Pipeline):
+        def _backend_factory(self, bundle):
+            return lambda: _ConstantBackend(bundle.n_classes)
+
+    return FloorPipeline
+
+
+def _run_pipeline(config: Config, seconds: float, progress, constant: bool = False) -> dict:
+    pipeline = _pipeline_class(constant)(config).start()
     time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, caches, first batches
     s0 = pipeline.snapshot()
     busy0 = sum(pipeline.dsp.busy_ns)
@@ -112,6 +153,7 @@ def _run_pipeline(config: Config, seconds: float, progress) -> dict:
         "infer_batch_ms_p50": batch.get("batch_ms_p50", float("nan")),
         "infer_mean_batch": batch.get("mean_batch", float("nan")),
         "infer_queue_delay_p99_ms": batch.get("queue_delay_ms_p99", float("nan")),
+        "backend_info": batch.get("backend", {}),
     }
 
 
@@ -159,13 +201,29 @@ def _naive(samples: int, n_scans: int, progress) -> float:
 
 
 def run(args: argparse.Namespace, progress) -> dict:
-    progress("max sustained rate (ring policy block: the simulator waits for the pipeline)")
-    full = _run_pipeline(_config(args.samples, 0, args.workers), args.seconds, progress)
+    backend = getattr(args, "backend", "onnxruntime")
+    progress(f"max sustained rate, {backend} (ring policy block: the simulator waits for the pipeline)")
+    full = _run_pipeline(_config(args.samples, 0, args.workers, backend), args.seconds, progress)
     half_rate = max(1.0, full["scans_per_s"] / 2)
     progress(f"half load: {half_rate:.0f} scans/s")
-    half = _run_pipeline(_config(args.samples, half_rate, args.workers), args.seconds, progress)
+    half = _run_pipeline(_config(args.samples, half_rate, args.workers, backend), args.seconds, progress)
+    compare = {}
+    if backend != "onnxruntime":
+        progress("max sustained rate, onnxruntime CPU (the comparison)")
+        cpu = _run_pipeline(_config(args.samples, 0, args.workers), args.seconds, progress)
+        progress("max sustained rate, a constant classifier (the classifier thread's CPU floor)")
+        floor = _run_pipeline(_config(args.samples, 0, args.workers), args.seconds, progress, constant=True)
+        compare = {"floor_cpu_ms_per_scan_classifier": floor.get("cpu_ms_per_scan_classifier", float("nan")),
+                   "cpu_backend_scans_per_s": cpu["scans_per_s"],
+                   "cpu_backend_cpu_ms_per_scan_classifier": cpu.get("cpu_ms_per_scan_classifier", float("nan")),
+                   "classifier_cpu_ratio": (cpu.get("cpu_ms_per_scan_classifier", float("nan"))
+                                            / max(1e-9, full.get("cpu_ms_per_scan_classifier", float("nan"))))}
     naive = _naive(args.samples, args.naive_scans, progress)
+    info = full["backend_info"]
     return {
+        "backend": info.get("backend", backend), "device": info.get("device", ""),
+        "precision": info.get("precision", ""),
+        **compare,
         "scans_per_s": full["scans_per_s"],
         "speedup_vs_naive": full["scans_per_s"] / naive,
         "naive_scans_per_s": naive,

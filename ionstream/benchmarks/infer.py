@@ -10,14 +10,25 @@ ONNX Runtime), on feature vectors of fresh simulator spectra:
    spectra (what Triton's perf_analyzer calls concurrency): throughput; then at half that load
    with evenly spaced arrivals: the queue delay batching added to each spectrum (p50/p99/max);
 4. precisions: FP16 and INT8 graphs of the bundle on the same backend (ONNX Runtime CPU here):
-   top-1 on the fresh spectra against FP32, and their batch throughput against FP32's.
+   top-1 on the fresh spectra against FP32, and their batch throughput against FP32's. The torch
+   backend runs FP16 as half weights of its one program (no INT8);
+5. torch on CUDA: CUDA graphs against eager execution (``cuda_graphs=False``), interleaved, at
+   batch 1 and at max-batch.
+
+``--sweep-to N`` extends the batch sweep past max-batch (a GPU's best batch is far larger than the
+daemon's): batches go through the backend's own submit/wait path with as many in flight as it
+has streams, and ``best_batch`` / ``best_batch_throughput_per_s`` report the fastest.
 
 Figures (``--json``): batched_speedup (micro-batcher throughput at capacity / naive loop
-throughput), throughput_per_s, naive_throughput_per_s, p99_added_delay_ms, p50_added_delay_ms and
+throughput), throughput_per_s, naive_throughput_per_s, naive_cpu_ms_per_call (CPU of the calling
+thread per one-spectrum call: what the backend costs the batcher's thread), p99_added_delay_ms, p50_added_delay_ms and
 observed_max_delay_ms (at half load), max_delay_ms (the configured maximum), mean_batch, batch_speedup_max
 (raw predict at max batch vs batch 1), fp32_top1, fp16_top1, int8_top1, fp16/int8 top1_loss_points,
 fp16_speedup, int8_speedup (time per batch of max-batch vs FP32, best of interleaved rounds;
-``*_speedup_batch1`` for single spectra), and a ``detail`` dict.
+``*_speedup_batch1`` for single spectra), best_batch and best_batch_throughput_per_s (FP32 and,
+where the backend has it, FP16), graphs_speedup and graphs_speedup_batch1 with
+batch1_ms_graphs / batch1_ms_eager / batch1_ms_graphs_spin (the last waiting by spinning, not
+sleeping) (torch on CUDA), and a ``detail`` dict.
 """
 from __future__ import annotations
 
@@ -32,8 +43,10 @@ HELP = "classifier throughput/latency: micro-batched vs one spectrum per call, F
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model bundle directory (default: the shipped one)")
-    p.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"))
+    p.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt", "torch"))
     p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--sweep-to", type=int, default=0, metavar="N",
+                   help="batch sweep up to N spectra (default: max-batch); the best batch is reported")
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--spectra", type=int, default=1000, help="fresh simulator spectra (accuracy figures)")
     p.add_argument("--seconds", type=float, default=2.0, help="duration of each timed phase (s)")
@@ -80,22 +93,38 @@ def _naive(backend, X, seconds):
         lat.append(time.perf_counter_ns() - t)
         i[0] += 1
 
+    cpu0 = time.thread_time()
     n, dt = _timed(one, seconds)
+    cpu_ms = (time.thread_time() - cpu0) / (n + 1) * 1e3
     lat = np.array(lat[1:]) / 1e6
-    return n / dt, float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    return n / dt, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), cpu_ms
 
 
-def _sweep(backend, X, max_batch, seconds):
-    out = {}
-    b = 1
-    sizes = []
+def _sizes(max_batch: int) -> list[int]:
+    sizes, b = [], 1
     while b < max_batch:
         sizes.append(b)
         b *= 2
-    sizes.append(max_batch)
+    return sizes + [max_batch]
+
+
+def _sweep(backend, X, max_batch, seconds):
+    """Throughput per batch size through submit/wait, keeping ``backend.max_in_flight`` batches in flight."""
+    out = {}
+    sizes = _sizes(max_batch)
+    depth = max(1, getattr(backend, "max_in_flight", 1))
     for b in sizes:
-        batch = np.ascontiguousarray(X[:b])
-        n, dt = _timed(lambda: backend.predict(batch), seconds / len(sizes) * 2)
+        batch = np.ascontiguousarray(np.resize(X, (b, X.shape[1])))   # repeats rows past len(X)
+        inflight: list = []
+
+        def step():
+            inflight.append(backend.submit(batch))
+            if len(inflight) >= depth:
+                inflight.pop(0).wait()
+
+        n, dt = _timed(step, seconds / len(sizes) * 2)
+        while inflight:
+            inflight.pop(0).wait()
         out[b] = {"throughput_per_s": n * b / dt, "ms_per_batch": dt / n * 1e3}
     return out
 
@@ -160,17 +189,22 @@ def run(args, progress) -> dict:
     X, y = _features(bundle, args.spectra, args.seed)
     res: dict = {}
     detail: dict = {}
-    backend = open_backend(bundle, args.backend, max_batch=max(args.max_batch, 64), **opts)
+    sweep_to = max(args.sweep_to or args.max_batch, args.max_batch)
+    backend = open_backend(bundle, args.backend, max_batch=max(sweep_to, 64), **opts)
     try:
         res["backend"] = backend.name
+        detail["backend_info"] = backend.describe()
         progress(f"naive loop ({backend.name}, one spectrum per call)")
-        naive, p50, p99 = _naive(backend, X, args.seconds)
+        naive, p50, p99, cpu_ms = _naive(backend, X, args.seconds)
         res["naive_throughput_per_s"] = naive
+        res["naive_cpu_ms_per_call"] = cpu_ms   # the calling thread's CPU per one-spectrum call
         detail["naive_latency_ms_p50"], detail["naive_latency_ms_p99"] = p50, p99
         progress("batch sweep")
-        sweep = _sweep(backend, X, args.max_batch, args.seconds)
+        sweep = _sweep(backend, X, sweep_to, args.seconds)
         detail["sweep"] = sweep
         res["batch_speedup_max"] = sweep[args.max_batch]["throughput_per_s"] / sweep[1]["throughput_per_s"]
+        res["best_batch"] = max(sweep, key=lambda b: sweep[b]["throughput_per_s"])
+        res["best_batch_throughput_per_s"] = sweep[res["best_batch"]]["throughput_per_s"]
         probs = np.concatenate([backend.predict(X[i:i + 64]) for i in range(0, len(X), 64)])
         res["fp32_top1"] = float((probs.argmax(1) == y).mean())
     finally:
@@ -195,9 +229,14 @@ def run(args, progress) -> dict:
     # Precisions: accuracy on the same spectra, and speed measured interleaved with FP32
     # (best of several short rounds each), so machine noise hits both alike.
     backends = {"fp32": open_backend(bundle, args.backend, max_batch=max(args.max_batch, 64), **opts)}
+    torch_gpu = backends["fp32"].name == "torch" and backends["fp32"].describe()["device"] != "cpu"
     try:
         for precision in ("fp16", "int8"):
-            if precision not in bundle.files:
+            if backends["fp32"].name == "torch":
+                if precision == "int8" or not torch_gpu:
+                    progress(f"{precision}: not run by the torch backend {'here' if precision == 'fp16' else ''}")
+                    continue
+            elif precision not in bundle.files:
                 progress(f"{precision}: not in this bundle (tools/quantize_model.py makes it)")
                 continue
             progress(f"{precision} graph")
@@ -225,8 +264,49 @@ def run(args, progress) -> dict:
                 res[f"{k}_speedup_batch1"] = best["fp32", 1] / best[k, 1]
                 detail[f"{k}_ms_per_batch"] = best[k, args.max_batch] * 1e3
             detail["fp32_ms_per_batch"] = best["fp32", args.max_batch] * 1e3
+        if torch_gpu and "fp16" in backends and sweep_to > args.max_batch:
+            progress(f"fp16 batch sweep to {sweep_to}")
+            be16 = open_backend(bundle, args.backend, precision="fp16", max_batch=sweep_to, **opts)
+            try:
+                sweep16 = _sweep(be16, X, sweep_to, args.seconds)
+            finally:
+                be16.close()
+            detail["sweep_fp16"] = sweep16
+            best16 = max(sweep16, key=lambda b: sweep16[b]["throughput_per_s"])
+            res["fp16_best_batch"], res["fp16_best_batch_throughput_per_s"] = best16, sweep16[best16]["throughput_per_s"]
+            res["fp16_speedup_best_batch"] = res["fp16_best_batch_throughput_per_s"] / res["best_batch_throughput_per_s"]
     finally:
         for be in backends.values():
             be.close()
+    if torch_gpu:
+        progress("CUDA graphs vs eager")
+        res.update(_graphs_vs_eager(bundle, args, X, detail))
     res["detail"] = detail
     return res
+
+
+def _graphs_vs_eager(bundle, args, X, detail) -> dict:
+    """Torch on CUDA: time per call with CUDA graphs and eager, interleaved rounds, best of each."""
+    from inference.backend import open_backend
+
+    bes = {g: open_backend(bundle, "torch", max_batch=args.max_batch, device="cuda", cuda_graphs=g)
+           for g in (True, False)}
+    bes["spin"] = open_backend(bundle, "torch", max_batch=args.max_batch, device="cuda", blocking_sync=False)
+    try:
+        one, batch = np.ascontiguousarray(X[:1]), np.ascontiguousarray(np.resize(X, (args.max_batch, X.shape[1])))
+        best = {(g, b): float("inf") for g in bes for b in (1, args.max_batch)}
+        rounds = 7
+        for _ in range(rounds):
+            for g, be in bes.items():
+                for b, x in ((1, one), (args.max_batch, batch)):
+                    n, dt = _timed(lambda: be.predict(x), args.seconds / rounds / 2)
+                    best[g, b] = min(best[g, b], dt / n)
+    finally:
+        for be in bes.values():
+            be.close()
+    detail["graphs_ms_per_batch"] = best[True, args.max_batch] * 1e3
+    detail["eager_ms_per_batch"] = best[False, args.max_batch] * 1e3
+    return {"graphs_speedup": best[False, args.max_batch] / best[True, args.max_batch],
+            "graphs_speedup_batch1": best[False, 1] / best[True, 1],
+            "batch1_ms_graphs": best[True, 1] * 1e3, "batch1_ms_eager": best[False, 1] * 1e3,
+            "batch1_ms_graphs_spin": best["spin", 1] * 1e3}

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", metavar="FILE", help="record every frame to this capture file "
                         "(a relative path goes under capture.dir)")
     parser.add_argument("--workers", type=int, metavar="N", help="DSP worker threads (overrides dsp.workers)")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "none"),
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch", "none"),
                         help="classifier backend (overrides inference.backend)")
     parser.add_argument("--model", metavar="DIR", help="model bundle directory (overrides inference.model)")
     parser.add_argument("--endpoint", metavar="ENDPOINT", help="PUB endpoint to bind (overrides publish.endpoint)")

@@ -44,6 +44,8 @@ LAYOUT: list[tuple[str, str, str]] = [
     ("latency_p50_ms", "latency p50", "{:.2f} ms"),
     ("latency_p99_ms", "latency p99", "{:.2f} ms"),
     ("backend", "classifier", "{}"),
+    ("backend_device", "classifier device", "{}"),
+    ("backend_precision", "classifier precision", "{}"),
     ("recording", "recording", "{}"),
     ("record_error", "recording error", "{}"),
     ("model", "model", "{}"),

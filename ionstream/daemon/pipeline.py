@@ -109,7 +109,7 @@ class Pipeline:
 
         inf = self.config.inference
         options: dict[str, Any] = {}
-        if inf.backend in ("auto", "tensorrt"):
+        if inf.backend in ("auto", "tensorrt", "torch"):  # open_backend passes each backend its own options
             options.update(gpus=inf.gpus, contexts_per_gpu=inf.contexts_per_gpu,
                            engine_cache=inf.engine_cache or None)
         return lambda: open_backend(bundle, inf.backend, precision=inf.precision, max_batch=inf.max_batch,
@@ -174,11 +174,12 @@ class Pipeline:
             }, [cls.probs])
         self.latency.add(time.monotonic_ns() - result.host_mono_ns)
 
-    def _backend_name(self) -> str:
+    def _backend_name(self, key: str = "backend") -> str:
+        """The running backend's name (or its ``device``/``precision``) from its describe()."""
         info = self.batcher.backend_info if self.batcher else None
         if isinstance(info, dict):
-            return str(info.get("backend") or info.get("name") or "")
-        return str(info or "")
+            return str(info.get(key) or (info.get("name") if key == "backend" else "") or "")
+        return str(info or "") if key == "backend" else ""
 
     def _on_instrument_status(self, result: ScanResult) -> None:
         import dataclasses
@@ -443,6 +444,8 @@ class Pipeline:
             "record_low_space": self.record_low_space or bool(recorder and recorder.low_space),
             "classified": self._classified,
             "backend": self._backend_name() if self.batcher else "none",
+            "backend_device": self._backend_name("device"),
+            "backend_precision": self._backend_name("precision"),
             "model": f"{self.bundle.name} {self.bundle.version}" if self.bundle else "",
             "model_reload": self.model_reload,
             "batch_mean": batch.get("mean_batch", float("nan")),

@@ -50,7 +50,8 @@ def status_fields(s: dict[str, Any]) -> list[tuple[int, str]]:
     if "latency_p50_ms" in s:
         fields.append((4, f"lat p50/p99 {_num(s['latency_p50_ms'], '', 1)}/{_num(s.get('latency_p99_ms'), ' ms', 1)}"))
     if s.get("backend"):
-        fields.append((10, f"{s['backend']} b{_num(s.get('batch_mean', float('nan')))}"))
+        where = " ".join(x for x in (s.get("backend_device"), s.get("backend_precision")) if x)
+        fields.append((10, f"{s['backend']}{' ' + where if where else ''} b{_num(s.get('batch_mean', float('nan')))}"))
     if s.get("last_class"):
         fields.append((3, f"class {s['last_class']} {_num(100 * s.get('last_confidence', 0.0), '%', 0)}"))
     if s.get("recording"):

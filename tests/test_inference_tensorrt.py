@@ -38,7 +38,7 @@ def code_only(path: Path) -> str:
 
 
 @pytest.mark.parametrize("path", ["inference/tensorrt_backend.py", "inference/gpu.py",
-                                  "ionstream/commands/build_engine.py"])
+                                  "ionstream/cli/build_engine.py"])
 def test_no_removed_tensorrt_api(path):
     src = code_only(ROOT / path)
     ast.parse((ROOT / path).read_text())

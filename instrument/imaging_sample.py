@@ -52,7 +52,7 @@ class SampleConfig:
     cells: int = 0
     cell_radius_px: tuple[float, float] = (3.0, 6.0)
     contact: float = 0.35
-    tissue_regions: int = 4
+    tissue_regions: int = 3
     tissue_types: int = 3
     cell_types: int = 2
 
@@ -248,7 +248,7 @@ def _cells(config: SampleConfig, tissue: np.ndarray, rng: np.random.Generator) -
             j = int(rng.integers(len(placed)))
             cj = placed[j]
             phi = rng.uniform(0, 2 * math.pi)
-            dist = (0.5 * (a + b) + 0.5 * (cj[2] + cj[3])) * rng.uniform(0.85, 0.95)
+            dist = (0.5 * (a + b) + 0.5 * (cj[2] + cj[3])) * rng.uniform(0.92, 1.0)
             cx, cy = cj[0] + dist * math.cos(phi), cj[1] + dist * math.sin(phi)
         else:
             j = -1

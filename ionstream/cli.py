@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "import": "import_mzml",
     "peaks": "peaks",
     "reprocess": "reprocess",
+    "images": "images",
 }
 
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "peaks": "peaks",
     "reprocess": "reprocess",
     "images": "images",
+    "imzml": "imzml",
 }
 
 

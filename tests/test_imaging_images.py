@@ -195,3 +195,22 @@ class TestImagesOnDask:
         r = subprocess.run(IONSTREAM + ["images", str(imaging_run[0]), "--mz", "abc", "--out", str(tmp_path / "o")],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "MZ:HALFWIDTH" in r.stderr
+
+
+def _worker_env():
+    import os
+
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_")
+
+
+def test_local_workers_get_a_fixed_mmap_threshold():
+    """Regression: Dask's MALLOC_TRIM_THRESHOLD_ alone made every 128 KiB+ buffer an mmap in the
+    workers (3x slower than in one process); our LocalCluster workers get a 32 MiB threshold."""
+    from ionstream.imaging.run import MMAP_THRESHOLD_BYTES, open_imaging_client
+
+    client, cluster = open_imaging_client("local", 1, dashboard_address=None)
+    try:
+        assert list(client.run(_worker_env).values()) == [str(MMAP_THRESHOLD_BYTES)]
+    finally:
+        client.close()
+        cluster.close()

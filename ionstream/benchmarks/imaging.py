@@ -78,11 +78,10 @@ def _speed(path: Path, windows, repeat: int) -> tuple[float, float, int]:
 def _dask_rate(path: Path, windows, workers: int, repeat: int, progress) -> tuple[float, float]:
     """(best pass-1 pixels/s, cluster start-up s) on a LocalCluster of ``workers`` processes."""
     from ionstream.imaging.pixels import plan_parts
-    from ionstream.imaging.run import build_images
-    from ionstream.reprocess import open_client
+    from ionstream.imaging.run import build_images, open_imaging_client
 
     t = time.perf_counter()
-    client, cluster = open_client("local", workers, dashboard_address=None)
+    client, cluster = open_imaging_client("local", workers, dashboard_address=None)
     startup = time.perf_counter() - t
     try:
         raster, parts = plan_parts(path, n_min=4 * workers)
@@ -123,8 +122,8 @@ def _roundtrip_exact(path: Path, work: Path) -> bool:
 
 def run(args: argparse.Namespace, progress) -> dict:
     from ionstream.imaging.ionimages import IonWindow
-    from ionstream.imaging.run import ImagingJob, run_job
-    from ionstream.reprocess import open_client, quiet_dask_logs
+    from ionstream.imaging.run import ImagingJob, open_imaging_client, run_job
+    from ionstream.reprocess import quiet_dask_logs
 
     quiet_dask_logs()
     own_dir = args.dir is None
@@ -134,7 +133,7 @@ def run(args: argparse.Namespace, progress) -> dict:
         seg_cap, truth = work / "segment.isc", work / "segment.truth.npz"
         progress(f"recording a {args.raster} run of {args.samples}-point spectra (seed {args.seed})")
         write_imaging_capture(seg_cap, args.raster, args.samples, args.seed, truth=truth)
-        client, cluster = open_client("local", 1, dashboard_address=None)
+        client, cluster = open_imaging_client("local", 1, dashboard_address=None)
         try:
             report = run_job(ImagingJob(str(seg_cap), str(work / "segment-out"), truth=str(truth)), client=client)
         finally:

@@ -133,10 +133,15 @@ def decode_pixel(body) -> PixelPosition | None:
         return None
 
 
+def position_of(raw, header_size: int) -> PixelPosition | None:
+    """The pixel position in a raw frame (bytes-like from its first sync byte, e.g. a ring slot's
+    ``frame``) whose header is ``header_size`` bytes; None for an ordinary scan."""
+    if header_size <= HEADER_SIZE:
+        return None
+    body = parse_records(header_extension(raw, header_size)).get(TAG_PIXEL)
+    return decode_pixel(body) if body is not None else None
+
+
 def frame_position(frame) -> PixelPosition | None:
     """The pixel position of a DecodedFrame (None: no PIXEL record, an ordinary scan)."""
-    hsize = frame.header.header_size
-    if hsize <= HEADER_SIZE:
-        return None
-    body = parse_records(header_extension(frame.raw, hsize)).get(TAG_PIXEL)
-    return decode_pixel(body) if body is not None else None
+    return position_of(frame.raw, frame.header.header_size)

@@ -46,9 +46,10 @@ class RingConfig:
                      choices=("auto", "drop-oldest", "block"))
 
     def resolved_slot_bytes(self) -> int:
-        from instrument.frames import FRAME_OVERHEAD
+        from instrument.frames import FRAME_OVERHEAD, HEADER_SIZE, MAX_HEADER_SIZE
 
-        return self.slot_bytes or FRAME_OVERHEAD + 4 * self.max_samples
+        # room for a longer, compatible header too (an imaging scan's pixel position: docs/protocol.md)
+        return self.slot_bytes or FRAME_OVERHEAD + 4 * self.max_samples + (MAX_HEADER_SIZE - HEADER_SIZE)
 
 
 @dataclass

@@ -137,3 +137,17 @@ class TestSimSourceAndCapture:
         pos = [frame_position(f) for f in dec.feed(out.read_bytes())]
         assert len(pos) == 256 and (pos[-1].x, pos[-1].y) == (15, 15)
         assert load_truth(truth)["cells"].shape == (16, 16)
+
+
+def test_record_keeps_full_size_float32_pixel_scans(tmp_path):
+    """Regression: a 65536-point float32 scan with the 32-byte PIXEL extension did not fit the
+    default ring slot (sized for an 80-byte header) and every scan was dropped as oversize."""
+    cap = tmp_path / "f32.isc"
+    r = subprocess.run(IONSTREAM + ["record", "--source", "sim://?imaging=16x16&dtype=float32&rate=0",
+                                    "--out", str(cap)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    with CaptureReader(cap) as reader:
+        dec = FrameDecoder()
+        scans = [f.header.n_samples for _, raw in reader for f in dec.feed(raw)
+                 if f.header.frame_type == FrameType.SCAN]
+    assert scans == [65536] * 256

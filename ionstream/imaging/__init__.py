@@ -6,4 +6,5 @@
     outputs.py   PNG / 16-bit TIFF images, Parquet tables, the overview picture
     imzml.py     imzML export and import (pyimzML)
     run.py       the Dask driver behind `ionstream images`
+    live.py      the live image builder for an `image` topic (needs no OpenCV; not wired in yet)
 """

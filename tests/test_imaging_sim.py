@@ -40,7 +40,7 @@ class TestSample:
         c, d = s.cells[:-1, :], s.cells[1:, :]
         touching = ((a > 0) & (b > 0) & (a != b)).any() or ((c > 0) & (d > 0) & (c != d)).any()
         assert touching
-        assert set(np.unique(s.regions)) == {0, 1, 2, 3, 4}
+        assert set(np.unique(s.regions)) == {0, 1, 2, 3}
         assert (s.cells[s.regions == 0] == 0).all()  # cells lie in the tissue
         assert set(s.cell_type[1:]) == {0, 1} and set(s.region_type[1:]) == {0, 1, 2}
 

@@ -12,7 +12,8 @@ Three simulated imaging runs are recorded to captures (docs/imaging.md), then:
   the same capture without the window sums (``read_pixels_per_s``, and ``ratio_vs_read``).
   ``scaling_2v1``: pass 1 of `ionstream images` (the ion images, on Dask) on a LocalCluster of
   2 worker processes over 1, best of ``--repeat`` each (clusters warmed up first; start-up not
-  timed). At most 2, and less where the machine's cores are shared or fewer than 2 (``cores``);
+  timed). At most 2, and less where the machine's cores are shared or fewer than 2 (``cores``;
+  ``task_cpu_share_*``: the tasks' CPU time over their wall time, 1.0 when each had a core);
 - **imzml_roundtrip_exact**: the 64k-point capture exported to imzML (continuous and processed),
   imported back: 1 when every m/z and intensity of every pixel is identical, else 0.
 """
@@ -75,8 +76,11 @@ def _speed(path: Path, windows, repeat: int) -> tuple[float, float, int]:
     return best_img, best_read, n
 
 
-def _dask_rate(path: Path, windows, workers: int, repeat: int, progress) -> tuple[float, float]:
-    """(best pass-1 pixels/s, cluster start-up s) on a LocalCluster of ``workers`` processes."""
+def _dask_rate(path: Path, windows, workers: int, repeat: int, progress) -> tuple[float, float, float]:
+    """(best pass-1 pixels/s, cluster start-up s, CPU share) on a LocalCluster of ``workers`` processes.
+
+    CPU share: the tasks' thread CPU time over their wall time in the best run (1.0: each task
+    had a core to itself; less: the machine's cores were busy with other work too)."""
     from ionstream.imaging.pixels import plan_parts
     from ionstream.imaging.run import build_images, open_imaging_client
 
@@ -86,13 +90,15 @@ def _dask_rate(path: Path, windows, workers: int, repeat: int, progress) -> tupl
     try:
         raster, parts = plan_parts(path, n_min=4 * workers)
         build_images(client, parts[:workers], raster, windows)  # warm-up: imports in every worker
-        best = 0.0
+        best, share = 0.0, 0.0
         for _ in range(repeat):
             t = time.perf_counter()
             stack = build_images(client, parts, raster, windows)
-            best = max(best, stack.counts["scans"] / (time.perf_counter() - t))
-        progress(f"{workers} worker(s): {best:.0f} pixels/s")
-        return best, startup
+            rate = stack.counts["scans"] / (time.perf_counter() - t)
+            if rate > best:
+                best, share = rate, stack.counts["task_cpu_s"] / max(stack.counts["task_wall_s"], 1e-9)
+        progress(f"{workers} worker(s): {best:.0f} pixels/s (tasks had {share:.0%} of a core each)")
+        return best, startup, share
     finally:
         client.close()
         cluster.close()
@@ -149,8 +155,8 @@ def run(args: argparse.Namespace, progress) -> dict:
         windows = [IonWindow.parse(f"{mz}:0.5") for mz in (150, 300, 450, 600, 750, 900, 1200, 1500)]
         img_rate, read_rate, _ = _speed(speed_cap, windows, args.repeat)
         progress(f"one core: {img_rate:.0f} pixels/s with ion images, {read_rate:.0f} reading only")
-        rate1, start1 = _dask_rate(speed_cap, windows, 1, args.repeat, progress)
-        rate2, start2 = _dask_rate(speed_cap, windows, 2, args.repeat, progress)
+        rate1, start1, share1 = _dask_rate(speed_cap, windows, 1, args.repeat, progress)
+        rate2, start2, share2 = _dask_rate(speed_cap, windows, 2, args.repeat, progress)
         progress("imzML round trip")
         exact = _roundtrip_exact(speed_cap, work)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace, progress) -> dict:
             "ratio_vs_read": img_rate / read_rate if read_rate else 0.0,
             "dask_1_worker_pixels_per_s": rate1, "dask_2_workers_pixels_per_s": rate2,
             "scaling_2v1": rate2 / rate1 if rate1 else 0.0, "imzml_roundtrip_exact": int(exact),
+            "task_cpu_share_1_worker": share1, "task_cpu_share_2_workers": share2,
             "speed_pixels": n, "speed_samples": 65536, "cores": cores,
             "detail": {"raster": args.raster, "samples": args.samples, "seed": args.seed,
                        "cluster_startup_s": {"1": start1, "2": start2}},

@@ -12,6 +12,7 @@ its samples (one pass, which also yields the TIC) and a few operations per windo
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,9 +103,11 @@ def image_part(part: dict[str, Any], windows: list[IonWindow]) -> dict[str, Any]
     """Ion-image values of every pixel in one part (runs in a Dask worker).
 
     Returns ``x``, ``y`` (int32), ``values`` (n x (1 + windows) float64: TIC, then each
-    window) and ``counts`` (scans read, scans without a position).
+    window) and ``counts`` (scans read, scans without a position, and the task's wall and
+    thread CPU time in s: on a shared machine their ratio shows how much of a core it got).
     """
-    counts: dict[str, int] = {}
+    t_wall, t_cpu = time.perf_counter(), time.thread_time()
+    counts: dict[str, Any] = {}
     xs, ys, rows = [], [], []
     cache: dict[Any, WindowSums] = {}
     for px in iter_part(part, counts):
@@ -119,6 +122,8 @@ def image_part(part: dict[str, Any], windows: list[IonWindow]) -> dict[str, Any]
         ys.append(px.y)
         rows.append(row)
     values = np.array(rows).reshape(len(rows), 1 + len(windows))
+    counts["task_wall_s"] = time.perf_counter() - t_wall
+    counts["task_cpu_s"] = time.thread_time() - t_cpu
     return {"x": np.array(xs, np.int32), "y": np.array(ys, np.int32), "values": values, "counts": counts}
 
 

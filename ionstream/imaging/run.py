@@ -93,7 +93,7 @@ def build_images(client, parts: list[dict[str, Any]], raster: RasterInfo, window
     k = 1 + len(windows)
     sums = np.zeros((k, raster.height, raster.width))
     hits = np.zeros((raster.height, raster.width), np.int32)
-    counts = {"scans": 0, "no_position": 0, "outside_raster": 0}
+    counts: dict[str, Any] = {"scans": 0, "no_position": 0, "outside_raster": 0}
     for fut in futures:
         res = fut.result()
         fut.release()

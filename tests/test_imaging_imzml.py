@@ -101,3 +101,13 @@ def test_cli_round_trip(capture, tmp_path):
     r = subprocess.run(IONSTREAM + ["imzml", "import", str(tmp_path / "missing.imzML"), "-o", str(tmp_path / "m.isc")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_zlib_compressed_imzml_is_refused_by_name(tmp_path):
+    from pyimzml.compression import ZlibCompression
+
+    path = tmp_path / "z.imzML"
+    with ImzMLWriter(str(path), mode="processed", intensity_compression=ZlibCompression()) as w:
+        w.addSpectrum(np.array([100.0, 200.0]), np.array([1.0, 2.0]), (1, 1, 1))
+    with pytest.raises(ImagingInputError, match="zlib-compressed"):
+        import_imzml(path, tmp_path / "z.isc")

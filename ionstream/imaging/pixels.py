@@ -22,6 +22,8 @@ import numpy as np
 PART_BYTES = 16 * 1024 * 1024
 """Target size of one part of a capture (bytes); at least 2 parts per worker are made."""
 IMZML_SUFFIXES = (".imzml",)
+ZLIB_COMPRESSION = "MS:1000574"
+"""The cvParam of zlib-compressed binary data in (i)mzML."""
 
 
 class ImagingInputError(ValueError):
@@ -110,6 +112,10 @@ def imzml_index(path: Path) -> dict[str, Any]:
         p = ImzMLParser(str(path), ibd_file=None)  # the workers read the .ibd themselves
     except Exception as exc:  # pyimzML raises many kinds (ParseError, KeyError, ...): name the file
         raise ImagingInputError(f"{path}: not a readable imzML file ({type(exc).__name__}: {exc})") from None
+    with open(path, "rb") as f:  # the binary data's description sits near the top
+        if ZLIB_COMPRESSION.encode() in f.read(1 << 20):
+            raise ImagingInputError(f"{path}: its spectra are zlib-compressed (MS:1000574), which pyimzML "
+                                    "cannot read; export it from the other software without compression")
     coords = np.asarray(p.coordinates, dtype=np.int64)
     if coords.size == 0:
         raise ImagingInputError(f"{path}: the imzML file holds no spectra")

@@ -208,7 +208,7 @@ def test_local_workers_get_a_fixed_mmap_threshold():
     workers (3x slower than in one process); our LocalCluster workers get a 32 MiB threshold."""
     from ionstream.imaging.run import MMAP_THRESHOLD_BYTES, open_imaging_client
 
-    client, cluster = open_imaging_client("local", 1, dashboard_address=None)
+    client, cluster = open_imaging_client("local", 1)
     try:
         assert list(client.run(_worker_env).values()) == [str(MMAP_THRESHOLD_BYTES)]
     finally:

@@ -123,6 +123,18 @@ class TestSegmentation:
         s = score(seg.labels, truth)
         assert seg.count == 3 and s.count_error == 0 and s.mean_iou > 0.9
 
+    def test_a_small_cell_pressed_against_a_big_one_is_cut_off(self):
+        """Their union's distance transform has one summit: only the pinched outline parts them."""
+        yy, xx = np.indices((40, 50))
+        big = np.hypot(xx - 20, yy - 20) / 9.0
+        small = np.hypot(xx - 20 - 0.92 * 12.5, yy - 20.4) / 3.5  # centres 0.92 x the summed radii apart
+        truth = np.where((np.minimum(big, small) <= 1.0), np.where(big <= small, 1, 2), 0).astype(np.int32)
+        image = np.where(truth > 0, 800.0, 5.0)
+        assert segment_cells([image], min_defect_px=99.0).count == 1  # the watershed alone keeps them as one
+        seg = segment_cells([image])
+        s = score(seg.labels, truth)
+        assert seg.count == 2 and s.mean_iou > 0.85
+
     def test_cells_of_two_types_part_where_the_marker_changes(self):
         truth = np.zeros((30, 40), np.int32)
         truth[5:25, 5:20] = 1

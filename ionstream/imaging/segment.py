@@ -10,7 +10,11 @@ Cells (:func:`segment_cells`), from one ion image per cell marker:
    transform (cv2.distanceTransform): one seed per summit of the distance that rises at least
    ``min_depth_px`` above the neck to any higher summit (h-maxima, by morphological
    reconstruction with cv2.dilate), then a priority flood from the seeds in order of
-   decreasing distance, so that cells part at the necks and every pixel of the mask is kept.
+   decreasing distance, so that cells part at the necks and every pixel of the mask is kept;
+4. a cell pressed against a larger one leaves no summit of its own, but pinches the outline:
+   each object is cut along the shortest line between two concavities of its outline
+   (cv2.findContours, cv2.convexityDefects) at least ``min_defect_px`` deep, where both parts
+   keep 2 x ``min_area_px`` pixels and the cut is no longer than the smaller part is wide.
 
 Regions (:func:`segment_regions`), from one ion image per tissue-type marker: the tissue is
 where the summed scaled images pass Otsu's threshold; each tissue pixel takes the type of the
@@ -63,7 +67,8 @@ class Segmentation:
         return len(self.types) - 1
 
 
-def segment_cells(images: list[np.ndarray], *, min_depth_px: float = 0.5, min_area_px: int = 4) -> Segmentation:
+def segment_cells(images: list[np.ndarray], *, min_depth_px: float = 0.5, min_area_px: int = 4,
+                  min_defect_px: float = 1.0) -> Segmentation:
     """Cells from one ion image per cell marker (see the module docstring). Types = index of the marker."""
     cv2 = _cv2()
     if not images:
@@ -81,7 +86,68 @@ def segment_cells(images: list[np.ndarray], *, min_depth_px: float = 0.5, min_ar
             if where.any():
                 types.append(t)
                 labels[where] = len(types) - 1
+    for _ in range(3):  # a cell split off may still hold another
+        if not _split_concave(labels, types, min_defect_px, 2 * min_area_px):
+            break
     return Segmentation(labels, np.array(types, np.int32))
+
+
+def _split_concave(labels: np.ndarray, types: list[int], min_defect_px: float, min_area_px: int) -> int:
+    """Cut each object in two along the shortest line between two concavities of its outline
+    (cv2.convexityDefects at least ``min_defect_px`` deep), where both parts keep ``min_area_px``
+    pixels and the cut is no longer than the smaller part is wide; in place. Returns the cuts made.
+
+    This parts a small cell pressed against a larger one: their union's distance transform has
+    one summit only, so the watershed cannot, but the outline is pinched where they meet."""
+    cuts = 0
+    for label in range(1, len(types)):
+        ys, xs = np.nonzero(labels == label)
+        if len(ys) < 2 * min_area_px:
+            continue
+        y0, x0 = ys.min(), xs.min()
+        box = labels[y0:ys.max() + 1, x0:xs.max() + 1]
+        part = _cut(np.pad(box == label, 1), min_defect_px, min_area_px)
+        if part is not None:
+            types.append(types[label])
+            box[part[1:-1, 1:-1]] = len(types) - 1
+            cuts += 1
+    return cuts
+
+
+def _cut(mask: np.ndarray, min_defect_px: float, min_area_px: int) -> np.ndarray | None:
+    """The second part of ``mask`` after the cut (a bool image), or None when there is no good cut."""
+    cv2 = _cv2()
+    m8 = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(m8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    outline = max(contours, key=len)
+    if len(outline) < 8:
+        return None
+    try:
+        defects = cv2.convexityDefects(outline, cv2.convexHull(outline, returnPoints=False))
+    except cv2.error:  # a self-touching outline: leave the object as it is
+        return None
+    if defects is None:
+        return None
+    points = [tuple(int(v) for v in outline[far][0])
+              for _, _, far, depth in np.asarray(defects).reshape(-1, 4) if depth / 256.0 >= min_defect_px]
+    if len(points) < 2:
+        return None
+    length, p, q = min((float(np.hypot(p[0] - q[0], p[1] - q[1])), p, q)
+                       for i, p in enumerate(points) for q in points[i + 1:])
+    cut = m8.copy()
+    cv2.line(cut, p, q, 0, 1)
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=4)
+    if n != 3:
+        return None
+    smaller = int(stats[1:, cv2.CC_STAT_AREA].min())
+    if smaller < min_area_px or length > np.sqrt(smaller):
+        return None
+    grown = cv2.dilate(cc.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    line = mask & (cc == 0)  # the cut's own pixels go to a neighbouring part
+    cc[line] = grown[line]
+    return cc == 2
 
 
 def _drop_specks(mask: np.ndarray, min_area_px: int) -> np.ndarray:

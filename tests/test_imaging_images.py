@@ -12,31 +12,14 @@ pytest.importorskip("dask.distributed")
 pytest.importorskip("tifffile")
 
 from instrument.capture import CaptureReader, CaptureWriter  # noqa: E402
-from instrument.frames import FrameDecoder, encode_scan  # noqa: E402
-from instrument.sources import open_source  # noqa: E402
-from instrument.sources.base import EndOfSource  # noqa: E402
+from instrument.frames import encode_scan  # noqa: E402
 from ionstream.imaging.ionimages import IonWindow, WindowSums  # noqa: E402
 from ionstream.imaging.segment import score, segment_cells, segment_regions  # noqa: E402
 
 from support import IONSTREAM  # noqa: E402
+from test_imaging_sim import record_sim  # noqa: E402
 
 N = 4096
-
-
-def record_sim(path, url):
-    """Record a sim:// source to a capture file in-process (no daemon): the frames as the source emits them."""
-    src = open_source(url)
-    src.open()
-    buf = memoryview(bytearray(1 << 16))
-    dec = FrameDecoder()
-    with CaptureWriter(path, {"source": src.describe()}, compress=False) as w:
-        try:
-            while True:
-                for f in dec.feed(buf[:src.readinto(buf)]):
-                    w.append(f.raw, 0)
-        except EndOfSource:
-            pass
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ionstream.imaging.imzml import export_imzml, import_imzml  # noqa: E402
 from ionstream.imaging.pixels import ImagingInputError, iter_part, plan_parts  # noqa: E402
 
 from support import IONSTREAM  # noqa: E402
-from test_imaging_images import record_sim  # noqa: E402
+from test_imaging_sim import record_sim  # noqa: E402
 
 N = 1024
 

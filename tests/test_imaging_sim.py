@@ -18,6 +18,22 @@ from support import IONSTREAM
 N = 4096
 
 
+def record_sim(path, url):
+    """Record a sim:// source to a capture file in-process (no daemon): the frames as the source emits them."""
+    src = open_source(url)
+    src.open()
+    buf = memoryview(bytearray(1 << 16))
+    dec = FrameDecoder()
+    with CaptureWriter(path, {"source": src.describe()}, compress=False) as w:
+        try:
+            while True:
+                for f in dec.feed(buf[:src.readinto(buf)]):
+                    w.append(f.raw, 0)
+        except EndOfSource:
+            pass
+    return path
+
+
 def _scans(sim, n):
     """(position, samples copy) of the next n SCAN frames."""
     out = []

@@ -181,6 +181,13 @@ class TestImagesOnDask:
                                         "--workers", "1"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 1 and "carry no pixel position" in r.stderr and "Traceback" not in r.stderr
 
+    def test_cli_reports_a_missing_input_before_starting_anything(self, tmp_path):
+        out = tmp_path / "o"
+        r = subprocess.run(IONSTREAM + ["images", str(tmp_path / "none.isc"), "--mz", "500", "--out", str(out)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "No such file" in r.stderr and "Traceback" not in r.stderr
+        assert not out.exists()
+
     def test_cli_needs_a_window(self, imaging_run, tmp_path):
         r = subprocess.run(IONSTREAM + ["images", str(imaging_run[0]), "--out", str(tmp_path / "o")],
                            capture_output=True, text=True, timeout=60)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,20 +158,23 @@ def run_job(job: ImagingJob, *, scheduler: str | None = "local", workers: int | 
     """Do ``job``; returns the report written to ``imaging.json``. ``client``: an existing Dask
     client (else one is opened from ``scheduler``/``workers`` and closed at the end)."""
     t0 = time.perf_counter()
-    out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
     if job.truth and not (job.windows or job.cells or job.regions):
         job.cells, job.regions = windows_from_truth(job.truth)
     windows = job.all_windows()
     if not windows:
         raise ValueError("give at least one m/z window (--mz, --cells or --regions)")
+    # Plan before starting a cluster, so that an unreadable input is reported at once.
+    expected = workers or (len(client.scheduler_info().get("workers", {})) if client is not None
+                           else max(1, min(8, os.cpu_count() or 1)))
+    raster, parts = plan_parts(job.input, n_min=2 * max(1, expected))
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
     own = client is None
     cluster = None
     if own:
         client, cluster = open_imaging_client(scheduler, workers)
     try:
         n_workers = len(client.scheduler_info().get("workers", {})) or 1
-        raster, parts = plan_parts(job.input, n_min=2 * n_workers)
         t1 = time.perf_counter()
         stack = build_images(client, parts, raster, windows)
         t_images = time.perf_counter() - t1

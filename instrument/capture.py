@@ -664,13 +664,24 @@ class CaptureReader:
     def __iter__(self) -> Iterator[CaptureRecord]:
         return self.records_iter()
 
-    def records_iter(self) -> Iterator[CaptureRecord]:
-        """Every recorded frame in order (see the class docstring for damage handling)."""
+    def records_iter(self, start: int | None = None, stop: int | None = None) -> Iterator[CaptureRecord]:
+        """Every recorded frame in order (see the class docstring for damage handling).
+
+        ``start``/``stop`` (file offsets, bytes) read one part of the file, for parallel readers:
+        the records from the first whole record at or after ``start`` to the last one that begins
+        before ``stop``. Parts cut at any offsets 0 < a < b < ... < file size yield every record
+        exactly once between them.
+        """
         self._reset_counters()
         size = os.fstat(self._f.fileno()).st_size
         self.file_size = size
         scanner = _Scanner(self._f, self.data_offset, size, self._read_size)
         pos = self.data_offset
+        if start is not None and start > pos:
+            found = scanner.find_record(start)
+            pos = size if found is None else found
+        if stop is not None:
+            size = min(size, max(stop, pos))
         while pos < size:
             rec = scanner.record_at(pos)
             if rec is None:

@@ -218,11 +218,14 @@ def encode_scan(
     polarity: int = Polarity.POSITIVE,
     calibration: Calibration = Calibration(),
     mz_axis: np.ndarray | None = None,
+    header_extension: bytes = b"",
 ) -> bytes:
     """One SCAN frame (bytes) holding ``samples`` (uint16, int16, int32, float32 or float64).
 
     With ``mz_axis`` (float64 m/z, same length) the frame carries an explicit axis
-    (AxisKind.EXPLICIT) and the calibration is ignored by readers.
+    (AxisKind.EXPLICIT) and the calibration is ignored by readers. ``header_extension``:
+    extension records appended to the header (docs/protocol.md "Header extensions";
+    instrument/imaging.py encodes the pixel position of imaging runs).
     """
     samples = np.ascontiguousarray(samples)
     sample_type = sample_type_of(samples.dtype)
@@ -238,20 +241,22 @@ def encode_scan(
         frame_type=FrameType.SCAN, sequence=sequence, scan_number=scan_number,
         device_time_ns=device_time_ns, ms_level=ms_level, polarity=polarity,
         sample_type=sample_type, axis_kind=axis_kind, n_samples=len(samples),
-        payload_size=len(payload), calibration=calibration,
+        payload_size=len(payload), calibration=calibration, extension=header_extension,
     )
     return header + payload + HEADER_CRC_STRUCT.pack(zlib.crc32(payload))
 
 
 def restamp(frame: bytearray, *, sequence: int, scan_number: int, device_time_ns: int) -> None:
     """Rewrite a v1 frame's sequence number, scan number and device time (ns) in place, with a new
-    header CRC. The payload and its CRC are untouched: for sources that repeat stored frames."""
+    header CRC. The payload and its CRC are untouched: for sources that repeat stored frames.
+    Header extensions (header_size > 80) are kept; the CRC is the header's last 4 bytes."""
     fields = list(HEADER_STRUCT.unpack_from(frame, 0))
     fields[4] = sequence & 0xFFFFFFFF
     fields[5] = scan_number & 0xFFFFFFFF
     fields[6] = device_time_ns & 0xFFFFFFFFFFFFFFFF
     HEADER_STRUCT.pack_into(frame, 0, *fields)
-    HEADER_CRC_STRUCT.pack_into(frame, HEADER_STRUCT.size, zlib.crc32(memoryview(frame)[:HEADER_STRUCT.size]))
+    crc_at = fields[3] - HEADER_CRC_STRUCT.size  # header_size - 4
+    HEADER_CRC_STRUCT.pack_into(frame, crc_at, zlib.crc32(memoryview(frame)[:crc_at]))
 
 
 def sample_type_of(dtype: np.dtype) -> SampleType:

@@ -9,6 +9,10 @@ follows from the config: the same seed and settings give byte-identical frames. 
 simulated instrument's clock: scan ``k`` is taken at ``k / clock_rate_hz`` s after the run start
 and carries that time (ns) as its device timestamp, whatever the wall clock does. Pacing output
 to the wall clock is the consumer's business; :class:`Pacer` does it.
+
+Imaging mode (``SimConfig(imaging="64x64")``): the instrument rasters a synthetic sample
+(:mod:`instrument.imaging_sample`) row by row, one scan per pixel, each frame carrying its pixel
+position (:mod:`instrument.imaging`); ``Simulator.sample`` holds the ground truth.
 """
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ class SimConfig:
     status_interval_s: a STATUS frame every this many s of device time (0 = none).
     ms_level, polarity: carried in every scan header ("positive" | "negative" | "unknown").
     n_compounds: compounds in the run.  start_time_ns: device clock at scan 0.
+    imaging: "" (an LC-MS run) or "WxH": imaging mode, a synthetic sample (tissue regions and
+        cells, instrument/imaging_sample.py) rastered row by row, W x H pixels of
+        ``pixel_size_um`` um, one scan per pixel with its position in the frame header (the
+        raster repeats after W x H scans); n_compounds and cycle_s are then not used.
     """
 
     scan_rate_hz: float = 20.0
@@ -54,9 +62,18 @@ class SimConfig:
     n_compounds: int = 32
     clock_rate_hz: float | None = None
     start_time_ns: int = 0
+    imaging: str = ""
+    pixel_size_um: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.imaging:
+            try:
+                self.raster_size
+            except ValueError as exc:
+                problems.append(str(exc))
+        if self.pixel_size_um <= 0:
+            problems.append(f"pixel_size_um must be > 0, got {self.pixel_size_um!r}")
         if self.scan_rate_hz < 0:
             problems.append(f"scan_rate_hz must be >= 0, got {self.scan_rate_hz!r}")
         if self.clock_rate_hz is not None and self.clock_rate_hz <= 0:
@@ -83,6 +100,16 @@ class SimConfig:
             return self.clock_rate_hz
         return self.scan_rate_hz if self.scan_rate_hz > 0 else 20.0
 
+    @property
+    def raster_size(self) -> tuple[int, int] | None:
+        """(width, height) in pixels of imaging mode, or None. ValueError for a malformed ``imaging``."""
+        if not self.imaging:
+            return None
+        w, sep, h = self.imaging.lower().partition("x")
+        if not (sep and w.isdigit() and h.isdigit() and int(w) >= 16 and int(h) >= 16):
+            raise ValueError(f"imaging must be WIDTHxHEIGHT in pixels (each >= 16), e.g. 64x64; got {self.imaging!r}")
+        return int(w), int(h)
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -97,15 +124,32 @@ class Simulator:
 
     def __init__(self, config: SimConfig | None = None, model: InstrumentModel | None = None):
         self.config = config = config or SimConfig()
+        if model is None and config.imaging:
+            from instrument.imaging_sample import imaging_model
+
+            model = imaging_model(config.n_samples)
         self.model = model or default_model(config.n_samples)
         if self.model.n_samples != config.n_samples:
             raise ValueError(f"model has {self.model.n_samples} samples, config {config.n_samples}")
-        self.generator = ScanGenerator(self.model, seed=config.seed, cycle_s=config.cycle_s,
-                                       n_compounds=config.n_compounds, dtype=np.dtype(config.dtype))
+        self.sample = None
+        self.raster = None
+        if config.imaging:
+            from instrument.imaging import Raster
+            from instrument.imaging_sample import SampleConfig, make_sample
+
+            width, height = config.raster_size
+            self.sample = make_sample(SampleConfig(width=width, height=height, pixel_size_um=config.pixel_size_um,
+                                                   seed=config.seed), model=self.model, dtype=np.dtype(config.dtype))
+            self.generator = self.sample.generator
+            self.raster = Raster(width, height, config.pixel_size_um, config.pixel_size_um)
+        else:
+            self.generator = ScanGenerator(self.model, seed=config.seed, cycle_s=config.cycle_s,
+                                           n_compounds=config.n_compounds, dtype=np.dtype(config.dtype))
         self.calibration = self.model.calibration
         self.sample_type = frames.sample_type_of(np.dtype(config.dtype))
         self.polarity = _POLARITY[config.polarity]
-        self.scan_frame_size = HEADER_SIZE + config.n_samples * np.dtype(config.dtype).itemsize + TRAILER_SIZE
+        self.header_size = HEADER_SIZE + len(self._header_extension(0))
+        self.scan_frame_size = self.header_size + config.n_samples * np.dtype(config.dtype).itemsize + TRAILER_SIZE
         self._period_ns = 1e9 / config.sim_rate_hz
         self._samples = np.empty(config.n_samples, np.dtype(config.dtype))
         self.sequence = 0      # of the next frame
@@ -121,6 +165,29 @@ class Simulator:
         """Device clock (ns) of scan ``scan_number``."""
         return self.config.start_time_ns + int(round(scan_number * self._period_ns))
 
+    def pixel_of(self, scan_number: int) -> tuple[int, int] | None:
+        """(x, y) of scan ``scan_number`` in imaging mode (row by row, left to right), else None."""
+        if self.raster is None:
+            return None
+        i = scan_number % self.raster.pixels
+        return i % self.raster.width, i // self.raster.width
+
+    def _header_extension(self, scan_number: int) -> bytes:
+        if self.raster is None:
+            return b""
+        from instrument.imaging import PixelPosition, encode_pixel
+
+        x, y = self.pixel_of(scan_number)
+        return encode_pixel(PixelPosition(x, y, self.raster))
+
+    def _render(self, k: int, out: np.ndarray) -> tuple[np.ndarray, ScanTruth]:
+        if self.sample is None:
+            return self.generator.generate(k, self.scan_time_s(k), out=out)
+        x, y = self.pixel_of(k)
+        w = self.sample.heights(x, y)
+        w *= np.float32(self.generator.spray(k))
+        return self.generator.render(k, self.scan_time_s(k), w, out)
+
     def _status_due(self) -> bool:
         return self.scan_number * self._period_ns >= self._next_status_ns
 
@@ -132,10 +199,11 @@ class Simulator:
         if self._status_due():
             return self._status_frame(), None
         k = self.scan_number
-        samples, truth = self.generator.generate(k, self.scan_time_s(k), out=self._samples)
+        samples, truth = self._render(k, self._samples)
         frame = frames.encode_scan(
             samples, sequence=self.sequence, scan_number=k, device_time_ns=self.device_time_ns(k),
-            ms_level=self.config.ms_level, polarity=self.polarity, calibration=self.calibration)
+            ms_level=self.config.ms_level, polarity=self.polarity, calibration=self.calibration,
+            header_extension=self._header_extension(k))
         self.sequence += 1
         self.scan_number += 1
         return frame, truth
@@ -151,16 +219,17 @@ class Simulator:
         if len(view) < self.scan_frame_size:
             raise ValueError(f"buffer has {len(view)} bytes, a scan frame needs {self.scan_frame_size}")
         k = self.scan_number
-        n_payload = self.scan_frame_size - HEADER_SIZE - TRAILER_SIZE
-        payload = view[HEADER_SIZE: HEADER_SIZE + n_payload]
+        hsize = self.header_size
+        n_payload = self.scan_frame_size - hsize - TRAILER_SIZE
+        payload = view[hsize: hsize + n_payload]
         out = np.frombuffer(payload, dtype=self._samples.dtype.newbyteorder("<"), count=self.config.n_samples)
-        _, truth = self.generator.generate(k, self.scan_time_s(k), out=out)
-        view[:HEADER_SIZE] = frames.pack_header(
+        _, truth = self._render(k, out)
+        view[:hsize] = frames.pack_header(
             frame_type=FrameType.SCAN, sequence=self.sequence, scan_number=k,
             device_time_ns=self.device_time_ns(k), ms_level=self.config.ms_level, polarity=self.polarity,
             sample_type=self.sample_type, n_samples=self.config.n_samples, payload_size=n_payload,
-            calibration=self.calibration)
-        HEADER_CRC_STRUCT.pack_into(view, HEADER_SIZE + n_payload, zlib.crc32(payload))
+            calibration=self.calibration, extension=self._header_extension(k))
+        HEADER_CRC_STRUCT.pack_into(view, hsize + n_payload, zlib.crc32(payload))
         self.sequence += 1
         self.scan_number += 1
         return self.scan_frame_size, truth

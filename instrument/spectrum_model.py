@@ -927,14 +927,24 @@ class ScanGenerator:
         ``scan_number`` picks the noise realisation; the same (scan_number, time_s) always gives
         the same samples.
         """
-        model = self.model
+        w = self.elution_heights(time_s)
+        w *= np.float32(self.spray(scan_number))
+        return self.render(scan_number, time_s, w, out)
+
+    def spray(self, scan_number: int) -> float:
+        """Spray instability factor of scan ``scan_number``: 1 +- 3 % (Box-Muller on a hash)."""
         h = _mix64((self.seed << 32) ^ (scan_number & 0xFFFFFFFF))
-        # Spray instability: +-3 % per scan (Box-Muller on the hash's two halves).
         u1 = ((h >> 11) + 1) / float(1 << 53)
         u2 = (h & 0xFFFFFFFF) / float(1 << 32)
-        spray = 1.0 + 0.03 * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-        w = self.elution_heights(time_s)
-        w *= np.float32(spray)
+        return 1.0 + 0.03 * math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+    def render(self, scan_number: int, time_s: float, w: np.ndarray,
+               out: np.ndarray | None = None) -> tuple[np.ndarray, ScanTruth]:
+        """The scan whose compounds have base-peak heights ``w`` (float32 counts, one per compound;
+        the imaging mode sets them per pixel) and its truth; ``scan_number`` picks the noise,
+        ``time_s`` the baseline drift. ``generate`` is this with the elution heights."""
+        model = self.model
+        h = _mix64((self.seed << 32) ^ (scan_number & 0xFFFFFFFF))
         active = np.flatnonzero(w > self.ACTIVE_COUNTS)
         drift = model.drift(time_s)
 

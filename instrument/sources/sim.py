@@ -2,7 +2,9 @@
 
 Options: rate (scans/s, 0 = as fast as possible; default 20), samples (per scan, default
 65536), seed (default 1), dtype (uint16 | float32), count (stop after N scans; default
-endless), repeat (default 0). It emits exactly the bytes `ionstream simulate` would, so
+endless), repeat (default 0). Imaging mode (docs/imaging.md): imaging=WxH (raster a synthetic
+sample, one scan per pixel; count defaults to W x H), pixel (pixel size, um; default 10),
+truth=FILE (write the sample's ground truth, a .npz, when the source opens). It emits exactly the bytes `ionstream simulate` would, so
 everything downstream is exercised as with a real device.
 
 ``repeat=K`` renders the first K scans, then sends their spectra again in turn with fresh
@@ -24,7 +26,17 @@ from typing import Any
 
 from instrument.sources.base import EndOfSource, Source, SourceConfigError, SourceURL
 
-OPTIONS = {"rate", "samples", "seed", "dtype", "count", "repeat"}
+OPTIONS = {"rate", "samples", "seed", "dtype", "count", "repeat", "imaging", "pixel", "truth"}
+
+
+def _raster_pixels(url: SourceURL, imaging: str) -> int:
+    from instrument.simulator import SimConfig
+
+    try:
+        width, height = SimConfig(imaging=imaging).raster_size
+    except ValueError as exc:
+        raise SourceConfigError(f"source {url.text!r}: {exc}") from None
+    return width * height
 
 
 def create(url: SourceURL) -> "SimSource":
@@ -41,7 +53,12 @@ class SimSource(Source):
         self.dtype = url.option("dtype", "uint16", str)
         self.count = url.option("count", 0, int)
         self.repeat = url.option("repeat", 0, int)
+        self.imaging = url.option("imaging", "", str)
+        self.pixel_size_um = url.option("pixel", 10.0, float)
+        self.truth_path = url.option("truth", "", str)
         self._check(url)
+        if self.imaging and not self.count:  # one pass over the raster
+            self.count = _raster_pixels(url, self.imaging)
         self._stored: list[bytearray] = []   # the first `repeat` scan frames
         self.finite = self.count > 0
         self._frames = None
@@ -73,8 +90,10 @@ class SimSource(Source):
 
         if self._frames is None:  # a re-open continues the same run
             config = SimConfig(scan_rate_hz=self.rate_hz, n_samples=self.n_samples, seed=self.seed,
-                               dtype=self.dtype)
+                               dtype=self.dtype, imaging=self.imaging, pixel_size_um=self.pixel_size_um)
             self._simulator = Simulator(config)
+            if self.truth_path and self._simulator.sample is not None:
+                self._simulator.sample.save_truth(self.truth_path)
             self._frames = iter(self._simulator)
             self._pacer = Pacer(self.rate_hz, clock=time.monotonic, sleep=time.sleep)
 
@@ -118,5 +137,8 @@ class SimSource(Source):
         pass  # nothing to release; keeping the generator lets a re-open continue the run
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rate_hz": self.rate_hz, "samples": self.n_samples, "seed": self.seed,
-                "dtype": self.dtype}
+        d = {**super().describe(), "rate_hz": self.rate_hz, "samples": self.n_samples, "seed": self.seed,
+             "dtype": self.dtype}
+        if self.imaging:
+            d.update(imaging=self.imaging, pixel_size_um=self.pixel_size_um)
+        return d

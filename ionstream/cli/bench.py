@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 
-BENCHMARKS = ["decode", "dsp", "infer", "gpu", "zmq", "e2e", "usb", "reprocess", "soak"]
+BENCHMARKS = ["decode", "dsp", "infer", "gpu", "zmq", "e2e", "usb", "reprocess", "soak", "imaging"]
 HELP = "run a benchmark (" + ", ".join(BENCHMARKS) + ")"
 
 

@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "import": "import_mzml",
     "peaks": "peaks",
     "reprocess": "reprocess",
+    "images": "images",
+    "imzml": "imzml",
 }
 
 # Commands that run for long and log as a service does (timestamps); the rest are clients.

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--ms-level", type=int, default=1, help="MS level in the headers (default %(default)s)")
     run.add_argument("--polarity", choices=("positive", "negative"), default="positive",
                      help="polarity in the headers (default %(default)s)")
+    img = parser.add_argument_group("imaging mode (docs/imaging.md)")
+    img.add_argument("--imaging", metavar="WxH", default="",
+                     help="raster a synthetic tissue sample, one scan per pixel with its position "
+                          "(default --count: one pass, W x H scans)")
+    img.add_argument("--pixel-size", type=float, default=10.0, metavar="UM", help="pixel size in um (default %(default)s)")
+    img.add_argument("--truth", metavar="FILE", help="write the sample's ground truth (cell and region masks, .npz)")
     out = parser.add_argument_group("output (default: stdout)").add_mutually_exclusive_group()
     out.add_argument("-o", "--out", metavar="FILE", help="write frames to FILE")
     out.add_argument("--tcp", metavar="[HOST:]PORT",
@@ -69,7 +75,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = SimConfig(scan_rate_hz=args.rate, n_samples=args.samples, seed=args.seed, dtype=args.dtype,
                            cycle_s=args.cycle, status_interval_s=args.status_interval, ms_level=args.ms_level,
-                           polarity=args.polarity, n_compounds=args.compounds)
+                           polarity=args.polarity, n_compounds=args.compounds, imaging=args.imaging,
+                           pixel_size_um=args.pixel_size)
+        if config.imaging and args.count is None and args.duration is None:
+            width, height = config.raster_size
+            args.count = width * height
     except ValueError as exc:
         log.error("%s", exc)
         return 2
@@ -90,6 +100,8 @@ def main(args: argparse.Namespace) -> int:
         if not sink.ready(signals.stop_requested):
             return 0
         simulator = Simulator(config)
+        if args.truth and simulator.sample is not None:
+            simulator.sample.save_truth(args.truth)
         progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
         pacer = Pacer(config.scan_rate_hz)
         deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -173,10 +172,14 @@ def test_pipeline_classifies_every_scan_with_torch():
 
 class TestExport:
     def run_tool(self, *args):
-        sys.path.insert(0, str(ROOT / "tools"))
-        import train_model
+        import importlib.util
 
-        return train_model
+        # Loaded from its file, so neither tools/ nor the checkout lands on sys.path: a later
+        # test's Dask workers would import the checkout's unbuilt cext/ instead of the installed one.
+        spec = importlib.util.spec_from_file_location("train_model", ROOT / "tools" / "train_model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
     def test_export_torch_adds_a_checked_program(self, bundle_copy):
         tm = self.run_tool()

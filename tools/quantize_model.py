@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
+try:  # the installed package; a bare checkout (no pip install) runs from its own tree
+    import dsp  # noqa: F401
+except ImportError:
     sys.path.insert(0, str(ROOT))
 
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}

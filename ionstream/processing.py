@@ -16,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dsp.processor import ScanParams, ScanProcessor
-from instrument.frames import FrameHeader
+from instrument.frames import HEADER_SIZE, FrameHeader
+from instrument.imaging import position_of
 from instrument.ring import Slot
 
 __all__ = ["PEAK_FIELDS", "ProcessedScan", "ScanWork", "TraceEvents", "scan_params"]
@@ -37,6 +38,7 @@ class ProcessedScan:
     ms_level: int = 1
     polarity: str = "positive"
     skipped: str = ""                      # why the DSP could not analyse the scan ("" = analysed; dsp.processor)
+    position: Any = None                   # instrument.imaging.PixelPosition of an imaging scan, else None
 
 
 def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]] = ()) -> ScanParams:
@@ -64,7 +66,10 @@ class ScanWork:
         self._spectrum_pool = spectrum_pool
 
     def __call__(self, slot: Slot) -> ProcessedScan:
-        return self.process(slot.header, slot.samples(), slot.mz_axis())
+        scan = self.process(slot.header, slot.samples(), slot.mz_axis())
+        if slot.header.header_size > HEADER_SIZE:  # a longer header may carry a pixel position
+            scan.position = position_of(slot.frame, slot.header.header_size)
+        return scan
 
     def process(self, h: FrameHeader, samples: np.ndarray, mz: np.ndarray | None) -> ProcessedScan:
         """One scan: ``samples`` as the frame carries them (counts), ``mz`` the frame's explicit

@@ -1,12 +1,12 @@
-"""The live image builder (ionstream/offline/imaging/live.py) on real frames, real DSP and the real wire codec."""
+"""The live image builder (ionstream/daemon/images.py) on real frames, real DSP and the real wire codec."""
 import numpy as np
 import pytest
 
 from instrument.frames import FrameDecoder, FrameType
 from instrument.imaging import PixelPosition, Raster, position_of
 from instrument.simulator import SimConfig, Simulator
-from ionstream import wire
-from ionstream.offline.imaging.live import LiveImages
+from ionstream.client import wire
+from ionstream.daemon.images import LiveImages
 from ionstream.processing import ScanWork
 
 N = 1024

@@ -31,7 +31,7 @@ import numpy as np
 SCHEMA_VERSION: tuple[int, int] = (1, 0)
 """(major, minor). Minor: only additions a 1.0 reader can ignore. Major: anything else."""
 
-TOPICS: tuple[str, ...] = ("peaks", "class", "spectrum", "trace", "status")
+TOPICS: tuple[str, ...] = ("peaks", "class", "spectrum", "trace", "status", "image")
 """The topics ionstream publishes (docs/wire.md § Topics)."""
 
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -40,6 +40,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "spectrum": ("mz", "intensity"),
     "trace": ("values",),
     "status": (),
+    "image": ("images",),
 }
 """Buffer names, in frame order, of each topic (docs/wire.md § Topics). Arrays passed as a
 plain sequence get these names; other topics, or a mapping, name their buffers themselves."""

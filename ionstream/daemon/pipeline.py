@@ -23,6 +23,7 @@ from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config, resolve_capture_path
 from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
+from ionstream.daemon.images import LiveImages
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import LatencyWindow, RateWindow
 from ionstream.daemon.stages import DspWorkers, ScanResult, Sequencer
@@ -67,6 +68,7 @@ class Pipeline:
         self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring.head,
                                    max_pending=4 * config.ring.slots)
         self.traces = self._make_traces()
+        self.images = LiveImages(self.traces.names)   # fills only from imaging scans (pixel positions)
         self.latency = LatencyWindow()
         self._rates = RateWindow()
         self._last_rates: dict[str, float] = {"scans": float("nan"), "bytes": float("nan")}
@@ -146,6 +148,9 @@ class Pipeline:
             mz, intensity, release = scan.spectrum
             self.publisher.publish("spectrum", {**times, "kind": "processed"}, [mz, intensity], release=release)
         self._publish_trace(result, scan, times)
+        if scan.position is not None and self.images.update(scan.position, scan.tic, scan.xic, time.monotonic()):
+            header, buffers = self.images.message(time.monotonic())
+            self.publisher.publish("image", {**times, **header}, buffers)
         self._scans_out += 1
         if self.batcher is not None and scan.features is not None:
             if not self.batcher.submit(result, scan.features, timeout=0):

@@ -1,4 +1,4 @@
-"""Live ion images: the daemon's image builder for the `image` topic (not wired in yet).
+"""Live ion images: the daemon's image builder for the `image` topic (docs/wire.md).
 
 The sequencer hands every scan, in order, with its pixel position (read from the ring slot's
 frame: :func:`instrument.imaging.position_of`) and the TIC and XIC values the DSP already

@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "import": "import_mzml",
     "peaks": "peaks",
     "reprocess": "reprocess",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 

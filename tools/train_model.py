@@ -13,19 +13,19 @@ learns m/z features rather than one sampling. Each spectrum becomes the feature 
 dsp.features (the same code the daemon runs), and a small 1-D convolutional network learns the
 class. Deterministic for a given --seed (data in fixed chunks seeded from it; torch
 deterministic algorithms; a fixed thread count). Takes a few minutes on 2 CPU cores.
+
+This tool only makes the simulator's data; training, export, the FP16/INT8 variants, the OOD
+statistics and the report are inference.training's (the code behind `ionstream train`), so
+there is one training implementation. The report lands in OUT/report/.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import multiprocessing as mp
-import os
-import platform
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,6 @@ if str(ROOT) not in sys.path:
 from dsp.features import FeatureExtractor, FeatureSpec  # noqa: E402
 
 MODEL_VERSION = "1.0.0"
-INPUT_NAME = "features"
-OUTPUT_NAME = "probs"
 CHUNK = 250  # spectra per generation task (fixes the data independently of the worker count)
 
 
@@ -112,119 +110,6 @@ def make_dataset(n: int, seed: int, spec: FeatureSpec, *, workers: int = 2, vari
     return X, y
 
 
-# ------------------------------------------------------------------------------------------
-# Network
-# ------------------------------------------------------------------------------------------
-
-def build_net(bins: int, n_classes: int):
-    """A small 1-D CNN: 4 conv blocks (pooling by bins/1024, 2, 4, 4), two dense layers, softmax."""
-    import torch
-    from torch import nn
-
-    class SpectrumNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv1d(1, 8, 7, padding=3), nn.ReLU(), nn.MaxPool1d(bins // 1024),
-                nn.Conv1d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-                nn.Conv1d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
-                nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(4),
-            )
-            flat = 32 * 32
-            self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(flat, 48), nn.ReLU(),
-                                      nn.Linear(48, n_classes))
-
-        def forward(self, x):                      # x: (batch, bins) -> logits (batch, classes)
-            return self.head(self.body(x.unsqueeze(1)))
-
-    class WithSoftmax(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.softmax(self.net(x), dim=-1)
-
-    if bins % 1024 or bins < 2048:
-        raise ValueError(f"--bins must be a multiple of 1024, at least 2048, got {bins}")
-    net = SpectrumNet()
-    return net, WithSoftmax
-
-
-def train(X, y, Xv, yv, *, n_classes: int, epochs: int, batch: int, lr: float, seed: int):
-    import torch
-    from torch import nn
-    from tqdm import tqdm
-
-    torch.manual_seed(seed)
-    net, wrap = build_net(X.shape[1], n_classes)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(X) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.02)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    bar = tqdm(total=steps, desc="training", unit="batch")
-    for epoch in range(epochs):
-        net.train()
-        perm = torch.randperm(len(X), generator=gen)
-        total, correct, seen = 0.0, 0, 0
-        for i in range(0, len(X), batch):
-            idx = perm[i:i + batch]
-            xb, yb = Xt[idx], yt[idx]
-            opt.zero_grad(set_to_none=True)
-            logits = net(xb)
-            loss = loss_fn(logits, yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.update(1)
-        val = accuracy(net, Xv, yv)
-        history.append({"epoch": epoch + 1, "loss": total / seen, "train_top1": correct / seen, "val_top1": val})
-        bar.set_postfix(loss=f"{total / seen:.4f}", val=f"{val:.4f}")
-    bar.close()
-    net.eval()
-    return wrap(net).eval(), history
-
-
-def accuracy(net, X, y, batch: int = 1024) -> float:
-    import torch
-
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(X), batch):
-            correct += int((net(torch.from_numpy(X[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    net.train()
-    return correct / len(X)
-
-
-# ------------------------------------------------------------------------------------------
-# Export
-# ------------------------------------------------------------------------------------------
-
-def export_onnx(model, bins: int, path: Path, opset: int = 17) -> None:
-    import torch
-
-    dummy = torch.zeros(2, bins)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    import onnx
-
-    m = onnx.load(str(path))
-    m.producer_name = "ionstream tools/train_model.py"
-    m.doc_string = "ionstream spectrum classifier: (batch, bins) features -> (batch, classes) probabilities"
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-
-
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
@@ -236,6 +121,17 @@ def git_commit() -> str | None:
     return None
 
 
+def as_dataset(X: np.ndarray, y: np.ndarray, spec: FeatureSpec, name: str):
+    """Simulator arrays as an inference.training Dataset (each generation chunk is one "run")."""
+    from inference.training.data import Dataset
+    from instrument.spectrum_model import CLASS_LABELS
+
+    n = len(y)
+    chunk = np.arange(n) // CHUNK
+    return Dataset(X, y, tuple(CLASS_LABELS), spec, chunk, [f"{name} chunk {i}" for i in range(int(chunk.max()) + 1)],
+                   np.zeros(n, np.int64), [name], np.arange(n), np.ones(n, np.float32))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240601, help="training seed (data and weights)")
     ap.add_argument("--train", type=int, default=70000, help="training spectra")
     ap.add_argument("--val", type=int, default=2500, help="held-out spectra (a separate seed)")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=12)  # the shipped bundle: 12 epochs of 70000
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--bins", type=int, default=2048, help="feature bins (a multiple of 1024)")
@@ -258,13 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse/keep the generated data set in this .npz (same arguments only)")
     args = ap.parse_args(argv)
 
-    import torch
-    import onnx
+    from instrument.spectrum_model import DEFAULT_N_SAMPLES
 
-    from instrument.spectrum_model import CLASS_LABELS, DEFAULT_N_SAMPLES
-
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     spec = FeatureSpec(mz_min=args.mz_min, mz_max=args.mz_max, bins=args.bins)
     variants = not args.no_variants
     t_start = time.perf_counter()
@@ -283,64 +174,23 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(args.cache, X=X, y=y, Xv=Xv, yv=yv, key=data_key)
     t_data = time.perf_counter() - t_start
 
-    t0 = time.perf_counter()
-    model, history = train(X, y, Xv, yv, n_classes=len(CLASS_LABELS), epochs=args.epochs, batch=args.batch,
-                           lr=args.lr, seed=args.seed)
-    t_train = time.perf_counter() - t0
+    from inference.training.net import FitConfig
+    from inference.training.trainer import TrainOptions, build_bundle
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "model.onnx"
-    export_onnx(model, args.bins, onnx_path)
-
-    # Held-out accuracy through ONNX Runtime, the way the daemon will run it.
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probs = np.concatenate([sess.run(None, {INPUT_NAME: Xv[i:i + 512]})[0] for i in range(0, len(Xv), 512)])
-    with torch.no_grad():
-        ref = model(torch.from_numpy(Xv[:256])).numpy()
-    drift = float(np.abs(probs[:256] - ref).max())
-    pred = probs.argmax(1)
-    top1 = float((pred == yv).mean())
-    confusion = np.zeros((len(CLASS_LABELS), len(CLASS_LABELS)), int)
-    np.add.at(confusion, (yv, pred), 1)
-    per_class = {CLASS_LABELS[c]: float(confusion[c, c] / max(1, confusion[c].sum())) for c in range(len(CLASS_LABELS))}
-
-    from inference.bundle import FORMAT, FORMAT_VERSION, sha256_file
-
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "name": "default", "version": MODEL_VERSION,
-        "description": "1-D CNN over the binned m/z profile; classes of instrument.spectrum_model",
-        "labels": list(CLASS_LABELS),
-        "input": {"name": INPUT_NAME, **spec.to_dict()},
-        "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
-        "files": {"fp32": {"path": "model.onnx", "sha256": sha256_file(onnx_path)}},
-        "training": {
-            "seed": args.seed, "train_spectra": args.train, "epochs": args.epochs, "batch": args.batch,
-            "lr": args.lr, "instrument_variants": variants, "data_seconds": round(t_data, 1),
-            "train_seconds": round(t_train, 1), "threads": args.threads,
-            "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in h.items()} for h in history],
-        },
-        "evaluation": {
-            "held_out_top1": round(top1, 5), "held_out_spectra": args.val, "held_out_seed": args.seed + 1,
-            "per_class_top1": {k: round(v, 5) for k, v in per_class.items()},
-            "confusion": confusion.tolist(), "onnx_vs_torch_max_abs": drift,
-            "backend": f"onnxruntime {ort.__version__} CPU",
-        },
-        "provenance": {
-            "tool": "tools/train_model.py", "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "git_commit": git_commit(), "spectrum_model": "instrument.spectrum_model.random_spectrum",
-            "spectrum_samples": DEFAULT_N_SAMPLES, "torch": torch.__version__, "onnx": onnx.__version__,
-            "opset": 17, "python": platform.python_version(),
-        },
-    }
-    (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    size = onnx_path.stat().st_size
-    print(f"wrote {args.out}/model.onnx ({size / 1024:.0f} KiB) and model.json: held-out top-1 {top1:.4f} "
-          f"on {args.val} spectra; data {t_data:.0f} s, training {t_train:.0f} s", file=sys.stderr)
-    print("per class: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()), file=sys.stderr)
+    fit = FitConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    opts = TrainOptions(bins=args.bins, fit=fit, name="default", version=MODEL_VERSION,
+                        description="1-D CNN over the binned m/z profile; classes of instrument.spectrum_model",
+                        force=True, command=[Path(sys.argv[0]).name] + (argv or sys.argv[1:]))
+    result = build_bundle(
+        as_dataset(X, y, spec, "simulator training spectra"), as_dataset(Xv, yv, spec, "simulator held-out spectra"),
+        args.out, opts, t_data=t_data, tool="tools/train_model.py",
+        data_info={"spectrum_model": "instrument.spectrum_model.random_spectrum", "instrument_variants": variants,
+                   "spectrum_samples": DEFAULT_N_SAMPLES, "held_out_seed": args.seed + 1, "git_commit": git_commit()},
+        intro=[f"Simulator spectra: {args.train} for training (seed {args.seed}), {args.val} held out "
+               f"(seed {args.seed + 1}, default instrument only)."])
+    s = result.scores
+    print(f"wrote {args.out}: held-out top-1 {s['top1']:.4f} on {args.val} spectra; data {t_data:.0f} s, "
+          f"training {result.seconds['training']:.0f} s; report {result.report}", file=sys.stderr)
     return 0
 
 

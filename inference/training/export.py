@@ -70,7 +70,9 @@ def make_variants(folder: Path, calib: np.ndarray, Xe: np.ndarray, ye: np.ndarra
         dst = folder / name
         try:
             if precision == "fp16":
-                convert_fp16(src, dst)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # onnxconverter-common's per-weight truncation notices
+                    convert_fp16(src, dst)
                 how = {"converter": "onnxconverter-common float16, keep_io_types=True"}
             else:
                 quantize_int8(src, dst, calib, input_name=input_name)

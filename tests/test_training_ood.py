@@ -1,0 +1,110 @@
+"""inference/ood.py: m/z coverage, the OOD score and the unknown gate (no torch needed)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dsp.features import FeatureExtractor, FeatureSpec
+from inference.bundle import load_bundle
+from inference.ood import UNKNOWN, OodError, OodGate, OodStats, coverage
+from instrument.spectrum_model import default_model, random_spectrum
+from inference.training.simruns import lab_instrument
+
+SPEC = FeatureSpec(mz_min=90.0, mz_max=2110.0, bins=2048)
+
+
+def features(model, classes, n, seed):
+    rng = np.random.default_rng(seed)
+    ex = FeatureExtractor(SPEC)
+    return np.stack([ex(model.axis, random_spectrum(classes[k % len(classes)], rng, model=model)[0])
+                     for k in range(n)])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """OOD statistics of the default instrument's spectra (all five classes)."""
+    X = features(default_model(), [0, 1, 2, 3, 4], 300, seed=1)
+    return OodStats.fit(X, k=16)
+
+
+def test_coverage():
+    assert coverage(90.0, 2110.0, SPEC) == 1.0
+    assert coverage(0.0, 5000.0, SPEC) == 1.0
+    assert coverage(350.0, 1600.0, SPEC) == pytest.approx(1250 / 2020)
+    assert coverage(400.0, 430.0, SPEC) == pytest.approx(30 / 2020)
+    assert coverage(3000.0, 4000.0, SPEC) == 0.0
+
+
+def test_score_in_and_out_of_distribution(trained):
+    """Fresh spectra of the training distribution score about 1 or less; spectra of another
+    instrument (other sampling, resolution, baseline) and of a narrow window score well above."""
+    fresh = trained.score(features(default_model(), [0, 1, 2, 3, 4], 100, seed=2))
+    assert np.median(fresh) < 1.0 and np.mean(fresh > 1.5) < 0.05
+    # A narrow window: an explicit m/z axis over 400..430 with a few peaks.
+    mz = np.linspace(400.0, 430.0, 3000)
+    y = 100 + 1000 * np.exp(-0.5 * ((mz - 410.2) / 0.01) ** 2) + 400 * np.exp(-0.5 * ((mz - 421.7) / 0.01) ** 2)
+    narrow = trained.score(FeatureExtractor(SPEC)(mz, y))[0]
+    assert narrow > 3.0 * np.median(fresh)
+
+
+def test_gate_coverage_then_score(trained):
+    gate = OodGate(SPEC, trained, min_coverage=0.5, max_score=1.5)
+    x = features(default_model(), [1], 1, seed=5)[0]
+    v = gate.judge("peptide", x, 95.0, 2100.0)
+    assert not v.unknown and v.label == "peptide" and v.coverage > 0.99 and v.ood_score is not None
+    v = gate.judge("small_molecule", x, 400.0, 430.0)
+    assert v.unknown and v.label == UNKNOWN and "covers 1.5 %" in v.reason
+    assert v.as_fields()["unknown_reason"] == v.reason
+    far = np.full(SPEC.bins, 1.0, np.float32)  # flat, full-range: covered, but nothing like training
+    v = gate.judge("lipid", far, 95.0, 2100.0)
+    assert v.unknown and "ood_score" in v.reason
+
+
+def test_gate_without_stats_uses_coverage_only():
+    gate = OodGate.from_bundle(load_bundle())  # the shipped bundle has no OOD statistics
+    assert gate.stats is None
+    v = gate.judge("peptide", np.zeros(gate.spec.bins, np.float32), 350.0, 1600.0)
+    assert not v.unknown and v.ood_score is None  # 62 % of 90..2110
+    assert gate.judge("small_molecule", np.zeros(gate.spec.bins, np.float32), 400, 430).unknown
+
+
+def test_stats_round_trip_and_bundle_checks(trained, tmp_path):
+    bundle_dir = tmp_path / "b"
+    shutil.copytree(load_bundle().path, bundle_dir)
+    trained.save(bundle_dir / "ood.npz")
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    import hashlib
+
+    meta["ood"] = {"path": "ood.npz", "sha256": hashlib.sha256((bundle_dir / "ood.npz").read_bytes()).hexdigest(),
+                   "max_score": 2.5, "min_coverage": 0.3}
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    gate = OodGate.from_bundle(load_bundle(bundle_dir))
+    assert (gate.max_score, gate.min_coverage) == (2.5, 0.3)
+    np.testing.assert_array_equal(gate.stats.components, trained.components)
+    assert OodGate.from_bundle(load_bundle(bundle_dir), max_score=1.2).max_score == 1.2
+    # a replaced statistics file is refused, naming it
+    OodStats.fit(np.random.default_rng(0).random((50, SPEC.bins), np.float32), k=4).save(bundle_dir / "ood.npz")
+    with pytest.raises(OodError, match="ood.npz: SHA-256"):
+        OodGate.from_bundle(load_bundle(bundle_dir))
+    # statistics of another bin count
+    meta["ood"]["sha256"] = None
+    (bundle_dir / "model.json").write_text(json.dumps(meta))
+    OodStats.fit(np.random.default_rng(0).random((50, 512), np.float32), k=4).save(bundle_dir / "ood.npz")
+    with pytest.raises(OodError, match="do not fit the model's 2048 bins"):
+        OodGate.from_bundle(load_bundle(bundle_dir))
+
+
+def test_bad_thresholds():
+    with pytest.raises(ValueError, match="min_coverage"):
+        OodGate(SPEC, None, min_coverage=1.5)
+    with pytest.raises(ValueError, match="max_score"):
+        OodGate(SPEC, None, max_score=0)
+
+
+def test_other_instrument_scores_higher(trained):
+    """Spectra of the lab instrument model (other sampling and resolving power) on the default
+    instrument's statistics: the median score rises above the training data's."""
+    other = trained.score(features(lab_instrument(n_samples=8192, resolving_power=1500.0), [1, 2], 60, seed=3))
+    same = trained.score(features(default_model(), [1, 2], 60, seed=3))
+    assert np.median(other) > np.median(same)

@@ -7,11 +7,14 @@ Two measures, both cheap per scan (a few microseconds of NumPy):
               the spectrum's m/z range covers. A narrow-window scan (say m/z 400..430 against a
               90..2110 window: 1.5 %) leaves most feature bins empty, and the network answers
               with confidence about a picture it never saw.
-``ood_score`` distance of the feature vector from the training features: the norm of its part
-              outside the principal subspace of the training features (``k`` components,
-              :class:`OodStats`), divided by the same norm's 99.5th percentile over the training
-              spectra. 1.0 is the edge of the training data; a spectrum of another instrument,
-              sample type or m/z window lands well above.
+``ood_score`` distance of the feature vector from the training features, in three parts
+              (:class:`OodStats`): the norm of its part outside the principal subspace of the
+              training features (``k`` components); its distance from their mean inside that
+              subspace in units of the training spread; the Mahalanobis distance of four summary
+              figures (:func:`profile`). Each is divided by its 99.5th percentile over the
+              training spectra and the score is the largest: 1.0 is the edge of the training
+              data. (Feature vectors are binned by m/z, so another instrument's sampling or
+              resolving power alone does not move the score: that is the features' design.)
 
 :class:`OodGate` turns them into a verdict: below ``min_coverage`` or above ``max_score`` the
 label becomes ``unknown`` with the reason. The daemon, ``ionstream evaluate`` and reprocessing
@@ -52,20 +55,43 @@ def coverage(mz_first: float, mz_last: float, spec: FeatureSpec) -> float:
     return max(0.0, hi - lo) / (spec.mz_max - spec.mz_min)
 
 
+PROFILE_SIZE = 4
+
+
+def profile(X: np.ndarray) -> np.ndarray:
+    """Four summary figures of each feature vector (n, bins) -> (n, 4): log of its sum, the fraction of
+    bins above 0.05 (of the base peak's 1), and the centre and spread (fractions of the window) of its
+    intensity along m/z. They catch what the subspace distances can miss: a nearly empty vector,
+    intensity crowded into one end of the window, a flat one."""
+    X = np.atleast_2d(np.asarray(X, np.float64))
+    total = X.sum(axis=1)
+    pos = (np.arange(X.shape[1]) + 0.5) / X.shape[1]
+    w = X / np.maximum(total, 1e-12)[:, None]
+    centre = w @ pos
+    spread = np.sqrt(np.maximum(w @ (pos * pos) - centre * centre, 0.0))
+    return np.stack([np.log(total + 1e-3), (X > 0.05).mean(axis=1), centre, spread], axis=1)
+
+
 @dataclass(frozen=True)
 class OodStats:
     """Principal subspace of training features: ``mean`` (bins,), ``components`` (k, bins)
-    orthonormal rows, and ``reference``: the residual norm's REFERENCE_PERCENTILE on the
-    training features (feature units)."""
+    orthonormal rows, ``scale`` (k,) the training spread along each (feature units), and the
+    REFERENCE_PERCENTILE over the training features of the two distances (:meth:`distances`):
+    ``reference`` (residual) and ``reference_inside`` (within the subspace)."""
 
     mean: np.ndarray
     components: np.ndarray
+    scale: np.ndarray
     reference: float
+    reference_inside: float
+    profile_mean: np.ndarray       # (4,) mean of :func:`profile` over the training features
+    profile_icov: np.ndarray       # (4, 4) inverse covariance (ridge-regularised)
+    reference_profile: float
 
     @classmethod
     def fit(cls, X: np.ndarray, k: int = 32, *, max_rows: int = 4000, seed: int = 0) -> "OodStats":
         """Fit on training features ``X`` (n, bins); at most ``max_rows`` rows (a fixed-seed sample) go
-        into the SVD; the reference percentile is taken over all rows."""
+        into the SVD; the reference percentiles are taken over all rows."""
         X = np.asarray(X, np.float32)
         if X.ndim != 2 or len(X) < 2:
             raise OodError(f"need at least 2 feature vectors to fit OOD statistics, got shape {X.shape}")
@@ -73,39 +99,59 @@ class OodStats:
         sample = X if len(X) <= max_rows else X[np.sort(rng.choice(len(X), max_rows, replace=False))]
         mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
         k = max(1, min(k, len(sample) - 1, X.shape[1]))
-        _, _, vt = np.linalg.svd((sample - mean).astype(np.float64), full_matrices=False)
-        stats = cls(mean, vt[:k].astype(np.float32), 1.0)
-        resid = stats.residual(X)
-        ref = float(np.percentile(resid, REFERENCE_PERCENTILE))
-        return cls(mean, stats.components, max(ref, 1e-6))
+        _, sv, vt = np.linalg.svd((sample - mean).astype(np.float64), full_matrices=False)
+        scale = np.maximum(sv[:k] / np.sqrt(len(sample) - 1), 1e-6).astype(np.float32)
+        P = profile(X)
+        p_mean = P.mean(axis=0)
+        cov = np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1])
+        icov = np.linalg.inv(cov + 1e-3 * np.diag(np.diag(cov)))
+        stats = cls(mean, vt[:k].astype(np.float32), scale, 1.0, 1.0, p_mean, icov, 1.0)
+        refs = [max(float(np.percentile(d, REFERENCE_PERCENTILE)), 1e-6) for d in stats.distances(X)]
+        return cls(mean, stats.components, scale, refs[0], refs[1], p_mean, icov, refs[2])
 
-    def residual(self, X: np.ndarray) -> np.ndarray:
-        """Norm of each row's part outside the subspace (feature units); X (n, bins) or (bins,)."""
+    def distances(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of X (n, bins) or (bins,): the norm of its part outside the subspace (feature units),
+        its distance from the mean inside it in units of the training spread (RMS over components),
+        and the Mahalanobis distance of its :func:`profile` from the training profiles."""
         X = np.atleast_2d(np.asarray(X, np.float32))
         r = X - self.mean
         proj = r @ self.components.T
-        sq = np.einsum("ij,ij->i", r, r) - np.einsum("ij,ij->i", proj, proj)
-        return np.sqrt(np.maximum(sq, 0.0))
+        resid = np.sqrt(np.maximum(np.einsum("ij,ij->i", r, r) - np.einsum("ij,ij->i", proj, proj), 0.0))
+        inside = np.sqrt(np.mean((proj / self.scale) ** 2, axis=1))
+        d = profile(X) - self.profile_mean
+        prof = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.profile_icov, d), 0.0))
+        return resid, inside, prof
 
     def score(self, X: np.ndarray) -> np.ndarray:
-        """ood_score of each row (1.0 = the training data's reference percentile)."""
-        return self.residual(X) / self.reference
+        """ood_score of each row: the largest of the three distances, each over its training reference
+        (1.0 = the training data's REFERENCE_PERCENTILE)."""
+        resid, inside, prof = self.distances(X)
+        return np.maximum.reduce([resid / self.reference, inside / self.reference_inside,
+                                  prof / self.reference_profile])
 
     def save(self, path: str | Path) -> None:
         with open(path, "wb") as f:  # np.savez on a file object: no '.npz' appended
-            np.savez(f, mean=self.mean, components=self.components, reference=np.float64(self.reference))
+            np.savez(f, mean=self.mean, components=self.components, scale=self.scale,
+                     reference=np.float64(self.reference), reference_inside=np.float64(self.reference_inside),
+                     profile_mean=self.profile_mean, profile_icov=self.profile_icov,
+                     reference_profile=np.float64(self.reference_profile))
 
     @classmethod
     def load(cls, path: str | Path, bins: int) -> "OodStats":
         try:
             with np.load(path, allow_pickle=False) as d:
-                mean, comps, ref = d["mean"], d["components"], float(d["reference"])
+                mean, comps, scale = d["mean"], d["components"], d["scale"]
+                ref, ref_in = float(d["reference"]), float(d["reference_inside"])
+                p_mean, p_icov, ref_p = d["profile_mean"], d["profile_icov"], float(d["reference_profile"])
         except (OSError, KeyError, ValueError) as exc:
             raise OodError(f"{path}: not readable OOD statistics ({exc})") from None
-        if mean.shape != (bins,) or comps.ndim != 2 or comps.shape[1] != bins or not ref > 0:
+        if (mean.shape != (bins,) or comps.ndim != 2 or comps.shape[1] != bins or scale.shape != (comps.shape[0],)
+                or p_mean.shape != (PROFILE_SIZE,) or p_icov.shape != (PROFILE_SIZE, PROFILE_SIZE)
+                or not ref > 0 or not ref_in > 0 or not ref_p > 0):
             raise OodError(f"{path}: OOD statistics for {mean.shape} features with components {comps.shape} "
                            f"do not fit the model's {bins} bins")
-        return cls(mean.astype(np.float32), comps.astype(np.float32), ref)
+        return cls(mean.astype(np.float32), comps.astype(np.float32), scale.astype(np.float32), ref, ref_in,
+                   p_mean.astype(np.float64), p_icov.astype(np.float64), ref_p)
 
 
 @dataclass(frozen=True, slots=True)

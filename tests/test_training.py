@@ -18,7 +18,7 @@ from support import IONSTREAM
 torch = pytest.importorskip("torch", reason="training needs PyTorch: pip install '.[train]' (CPU build)")
 
 CLASSES = {"solvent_blank": 0, "digest": 1, "peg_contamination": 4}
-SCANS_PER_RUN = 80
+SCANS_PER_RUN = 150
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def run_cli(*args, timeout=300):
 @pytest.fixture(scope="module")
 def trained(lab, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "v1"
-    summary = run_cli("train", lab / "labels.csv", "--out", out, "--seed", "7", "--min-steps", "300",
+    summary = run_cli("train", lab / "labels.csv", "--out", out, "--seed", "7", "--min-steps", "400",
                       "--no-progress", "--json")
     return out, summary
 
@@ -73,7 +73,7 @@ def test_bundle_like_the_default(trained):
     assert gate.stats is not None and gate.stats.components.shape[1] == b.feature_spec.bins
     report = out / "report"
     text = (report / "report.md").read_text()
-    for needle in ("Class balance", "| digest | 2 | 160 | 1 | 80 |", "precision", "recall", "confusion.png",
+    for needle in ("Class balance", "| digest | 2 | 300 | 1 | 150 |", "precision", "recall", "confusion.png",
                    "training_curve.png", "int8"):
         assert needle in text
     for png in ("confusion.png", "training_curve.png"):

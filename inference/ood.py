@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from dsp.features import FeatureSpec
+from inference.bundle import BundleError
 
 UNKNOWN = "unknown"
 DEFAULT_MIN_COVERAGE = 0.5
@@ -45,8 +46,9 @@ DEFAULT_MAX_SCORE = 1.5
 REFERENCE_PERCENTILE = 99.5
 
 
-class OodError(ValueError):
-    """OOD statistics that cannot be used (names the file and the problem)."""
+class OodError(BundleError):
+    """A bundle's OOD statistics that cannot be used (names the file and the problem); a
+    BundleError, so whoever loads bundles reports it the same way."""
 
 
 def coverage(mz_first: float, mz_last: float, spec: FeatureSpec) -> float:
@@ -94,7 +96,7 @@ class OodStats:
         into the SVD; the reference percentiles are taken over all rows."""
         X = np.asarray(X, np.float32)
         if X.ndim != 2 or len(X) < 2:
-            raise OodError(f"need at least 2 feature vectors to fit OOD statistics, got shape {X.shape}")
+            raise ValueError(f"need at least 2 feature vectors to fit OOD statistics, got shape {X.shape}")
         rng = np.random.default_rng(seed)
         sample = X if len(X) <= max_rows else X[np.sort(rng.choice(len(X), max_rows, replace=False))]
         mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)

@@ -127,3 +127,13 @@ def test_same_seed_same_bundle(lab, tmp_path):
         return hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
 
     assert once("a") == once("b")
+
+
+def test_evaluate_refuses_labels_the_model_lacks(lab, trained, tmp_path):
+    out, _ = trained
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"{lab}/runs/digest_day0.isc,1-5,digest\n{lab}/runs/digest_day1.isc,1-5,lipid\n")
+    p = subprocess.run([*IONSTREAM, "evaluate", str(out), str(csv), "--out", str(tmp_path / "e"), "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "label(s) lipid are not classes of this model (digest, peg_contamination, solvent_blank)" in p.stderr

@@ -184,6 +184,10 @@ class TestBadInput:
         csv = write_csv(tmp_path / "labels.csv", f"{runs}/blank/run0.isc,all,blank\n{junk},all,polymer\n")
         self.check(capsys, tmp_path, csv, str(junk), "not a readable capture or mzML file")
 
+    def test_bad_bins(self, capsys, tmp_path, runs):
+        self.check(capsys, tmp_path, runs, "--bins must be a multiple of 1024, at least 2048, got 1000",
+                   extra=("--bins", "1000"))
+
     def test_out_not_empty(self, capsys, tmp_path, runs):
         (tmp_path / "bundle").mkdir()
         (tmp_path / "bundle" / "model.json").write_text("{}")

@@ -214,6 +214,67 @@ def _nothing_selected(row: LabelRow, path: Path, scans: list[int], times: list[f
                          f"{min(scans)} .. {max(scans)} ({len(scans)} spectra)")
 
 
+@dataclass
+class _FileRows:
+    """What one file contributes: features (blocks), and per spectrum its row index, scan, coverage."""
+
+    blocks: list[np.ndarray] = field(default_factory=list)
+    row: list[int] = field(default_factory=list)
+    scan: list[int] = field(default_factory=list)
+    coverage: list[float] = field(default_factory=list)
+
+
+def _check_spectrum(row: LabelRow, s: SpectrumLike, path: Path, spec: FeatureSpec,
+                    min_coverage: float | None) -> float:
+    """The spectrum's coverage of the window; TrainingError if it is centroided or covers too little."""
+    if s.centroided:
+        raise TrainingError(f"{row.where}: scan {s.scan} of {path} is centroided; the classifier learns "
+                            f"profile spectra (export or acquire profile data)")
+    cov = coverage(float(s.mz[0]), float(s.mz[-1]), spec) if len(s.mz) >= 2 else 0.0
+    if min_coverage is not None and cov < min_coverage:
+        lo, hi = (float(s.mz[0]), float(s.mz[-1])) if len(s.mz) else (0.0, 0.0)
+        raise TrainingError(
+            f"{row.where}: scan {s.scan} of {path} covers m/z {lo:.2f} .. {hi:.2f}, only {100 * cov:.1f} % of the "
+            f"feature window {spec.mz_min:g} .. {spec.mz_max:g}; choose a window inside every labelled spectrum "
+            f"(--mz-min/--mz-max) or leave those scans out")
+    return cov
+
+
+def _read_file(path: Path, rows: list[LabelRow], extract: FeatureExtractor, mzml_reader: MzmlReader | None,
+               min_coverage: float | None, block_rows: int = 256) -> _FileRows:
+    """Features of the spectra of ``path`` that one of ``rows`` selects; every row must select some."""
+    spec = extract.spec
+    got = _FileRows()
+    used = [0] * len(rows)
+    scans: list[int] = []
+    times: list[float] = []
+    block, k = np.empty((block_rows, spec.bins), np.float32), 0
+    for s in spectra_of(path, mzml_reader):
+        scans.append(int(s.scan))
+        times.append(float(s.time_s))
+        ri = _row_for(rows, int(s.scan), float(s.time_s), path)
+        if ri < 0:
+            continue
+        cov = _check_spectrum(rows[ri], s, path, spec, min_coverage)
+        if k == block_rows:
+            got.blocks.append(block)
+            block, k = np.empty((block_rows, spec.bins), np.float32), 0
+        if len(s.mz) >= 2:
+            extract(np.asarray(s.mz, np.float64), s.intensity, out=block[k])
+        else:
+            block[k] = 0.0
+        k += 1
+        used[ri] += 1
+        got.row.append(ri)
+        got.scan.append(int(s.scan))
+        got.coverage.append(cov)
+    got.blocks.append(block[:k])
+    for r, n in zip(rows, used):
+        if n == 0:
+            raise _nothing_selected(r, path, scans, times)
+    return got
+
+
 def load_dataset(table: LabelTable, spec: FeatureSpec, *, labels: tuple[str, ...] | None = None,
                  mzml_reader: MzmlReader | None = None, min_coverage: float | None = MIN_TRAIN_COVERAGE,
                  progress: bool = True) -> Dataset:
@@ -234,57 +295,21 @@ def load_dataset(table: LabelTable, spec: FeatureSpec, *, labels: tuple[str, ...
     runs = list(dict.fromkeys(r.run for r in table.rows))
     files = table.files
     extract = FeatureExtractor(spec)
-    chunks: list[np.ndarray] = []
-    meta: dict[str, list] = {k: [] for k in ("y", "run", "file", "scan", "coverage")}
-    bar = tqdm(total=len(files), desc="reading", unit="file", disable=not progress, file=sys.stderr)
-    for fi, path in enumerate(files):
-        rows = [r for r in table.rows if r.path == path]
-        used = [0] * len(rows)
-        scans: list[int] = []
-        times: list[float] = []
-        block = np.empty((256, spec.bins), np.float32)
-        k = 0
-        for s in spectra_of(path, mzml_reader):
-            scans.append(int(s.scan))
-            times.append(float(s.time_s))
-            ri = _row_for(rows, int(s.scan), float(s.time_s), path)
-            if ri < 0:
-                continue
-            if s.centroided:
-                raise TrainingError(f"{rows[ri].where}: scan {s.scan} of {path} is centroided; the classifier "
-                                    f"learns profile spectra (export or acquire profile data)")
-            cov = coverage(float(s.mz[0]), float(s.mz[-1]), spec) if len(s.mz) >= 2 else 0.0
-            if min_coverage is not None and cov < min_coverage:
-                raise TrainingError(
-                    f"{rows[ri].where}: scan {s.scan} of {path} covers m/z {float(s.mz[0]):.2f} .. "
-                    f"{float(s.mz[-1]):.2f}, only {100 * cov:.1f} % of the feature window {spec.mz_min:g} .. "
-                    f"{spec.mz_max:g}; choose a window inside every labelled spectrum (--mz-min/--mz-max) or "
-                    f"leave those scans out")
-            if k == len(block):
-                chunks.append(block)
-                block = np.empty((256, spec.bins), np.float32)
-                k = 0
-            if len(s.mz) >= 2:
-                extract(np.asarray(s.mz, np.float64), s.intensity, out=block[k])
-            else:
-                block[k] = 0.0
-            k += 1
-            used[ri] += 1
-            r = rows[ri]
-            meta["y"].append(index[r.label])
-            meta["run"].append(runs.index(r.run))
-            meta["file"].append(fi)
-            meta["scan"].append(int(s.scan))
-            meta["coverage"].append(cov)
-        chunks.append(block[:k])
-        for r, n in zip(rows, used):
-            if n == 0:
-                raise _nothing_selected(r, path, scans, times)
-        bar.update(1)
-        bar.set_postfix(spectra=len(meta["y"]))
-    bar.close()
-    ds = Dataset(np.concatenate(chunks) if chunks else np.zeros((0, spec.bins), np.float32),
-                 np.asarray(meta["y"], np.int64), labels, spec, np.asarray(meta["run"], np.int64), runs,
-                 np.asarray(meta["file"], np.int64), [str(f) for f in files], np.asarray(meta["scan"], np.int64),
-                 np.asarray(meta["coverage"], np.float32))
-    return ds
+    blocks: list[np.ndarray] = []
+    cols: dict[str, list] = {k: [] for k in ("y", "run", "file", "scan", "coverage")}
+    with tqdm(total=len(files), desc="reading", unit="file", disable=not progress, file=sys.stderr) as bar:
+        for fi, path in enumerate(files):
+            rows = [r for r in table.rows if r.path == path]
+            got = _read_file(path, rows, extract, mzml_reader, min_coverage)
+            blocks.extend(got.blocks)
+            cols["y"] += [index[rows[i].label] for i in got.row]
+            cols["run"] += [runs.index(rows[i].run) for i in got.row]
+            cols["file"] += [fi] * len(got.row)
+            cols["scan"] += got.scan
+            cols["coverage"] += got.coverage
+            bar.update(1)
+            bar.set_postfix(spectra=len(cols["y"]))
+    X = np.concatenate(blocks) if blocks else np.zeros((0, spec.bins), np.float32)
+    return Dataset(X, np.asarray(cols["y"], np.int64), labels, spec, np.asarray(cols["run"], np.int64), runs,
+                   np.asarray(cols["file"], np.int64), [str(f) for f in files], np.asarray(cols["scan"], np.int64),
+                   np.asarray(cols["coverage"], np.float32))

@@ -85,8 +85,11 @@ def balance_table(ds: Dataset, train_runs: tuple[int, ...], val_runs: tuple[int,
 
 def train(labels_path: str | Path, out: str | Path, opts: TrainOptions) -> TrainResult:
     """Train a bundle from the labels table at ``labels_path`` into the folder ``out``."""
+    from inference.training.net import check_bins
+
     out = Path(out)
     t0 = time.perf_counter()
+    check_bins(opts.bins)
     table = parse_labels(labels_path)
     if opts.mz_min is None or opts.mz_max is None:
         lo, hi = common_window(table, opts.mzml_reader)

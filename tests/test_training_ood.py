@@ -100,3 +100,35 @@ def test_bad_thresholds():
         OodGate(SPEC, None, min_coverage=1.5)
     with pytest.raises(ValueError, match="max_score"):
         OodGate(SPEC, None, max_score=0)
+
+
+def test_evaluate_shipped_bundle_and_narrow_window(tmp_path, capsys):
+    """`ionstream evaluate` scores the shipped bundle (no OOD statistics: coverage only) on runs of
+    its own classes, and labels narrow-window scans unknown instead of answering with confidence."""
+    from instrument.capture import CaptureWriter
+    from instrument.frames import encode_scan
+    from instrument.spectrum_model import CLASS_LABELS
+    from inference.training.simruns import write_class_run
+    from ionstream.cli import main as cli_main
+
+    for cls in (1, 4):
+        (tmp_path / "runs" / CLASS_LABELS[cls]).mkdir(parents=True)
+        write_class_run(tmp_path / "runs" / CLASS_LABELS[cls] / "r.isc", cls, n_scans=10, seed=5, model=default_model())
+    rc = cli_main(["evaluate", "", str(tmp_path / "runs"), "--out", str(tmp_path / "e1"), "--no-progress", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["scores"]["spectra"] == 20 and out["scores"]["top1"] >= 0.9
+    assert out["scores"]["unknown"]["count"] == 0 and "ood_score_percentiles" not in out["scores"]
+
+    # An FT-like scan over m/z 400..430 (1.5 % of the default model's 90..2110 window).
+    (tmp_path / "narrow" / "small_molecule").mkdir(parents=True)
+    (tmp_path / "narrow" / "peptide").mkdir(parents=True)
+    mz = np.linspace(400.0, 430.0, 6000)
+    for cls in ("small_molecule", "peptide"):
+        with CaptureWriter(tmp_path / "narrow" / cls / "ft.isc", {"source": {"url": "test"}}) as w:
+            y = (50 + 5000 * np.exp(-0.5 * ((mz - 412.3) / 0.004) ** 2)).astype(np.float32)
+            w.append(encode_scan(y, sequence=0, scan_number=1, device_time_ns=0, mz_axis=mz), host_time_ns=0)
+    rc = cli_main(["evaluate", "", str(tmp_path / "narrow"), "--out", str(tmp_path / "e2"), "--no-progress", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["scores"]["unknown"] == {"count": 2, "fraction": 1.0, "by_reason": {"coverage": 2}}
+    assert "labelled `unknown` by the out-of-distribution gate: 2 (100.0 %; coverage: 2)" in \
+        (tmp_path / "e2" / "report.md").read_text()

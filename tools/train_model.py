@@ -4,7 +4,6 @@
     .venv/bin/pip install -e '.[train]'          # torch (CPU build) + onnx
     .venv/bin/python tools/train_model.py --out inference/models/default
     .venv/bin/python tools/quantize_model.py inference/models/default     # fp16 + int8 graphs
-    .venv/bin/python tools/train_model.py --export-torch inference/models/default   # model.pt2 only
 
 Labelled spectra come from the simulator's spectrum model (instrument.spectrum_model
 .random_spectrum: one dominant compound per class with nuisance variation: m/z shift, intensity
@@ -15,23 +14,23 @@ dsp.features (the same code the daemon runs), and a small 1-D convolutional netw
 class. Deterministic for a given --seed (data in fixed chunks seeded from it; torch
 deterministic algorithms; a fixed thread count). Takes a few minutes on 2 CPU cores.
 
+This tool only makes the simulator's data; training, export, the FP16/INT8 variants, the OOD
+statistics and the report are inference.training's (the code behind `ionstream train`), so
+there is one training implementation. The report lands in OUT/report/.
+
 Besides model.onnx the bundle gets model.pt2, the same network as a torch.export program (dynamic
-batch axis) for the torch backend, checked against model.onnx through ONNX Runtime on fresh
-spectra before it is written into model.json (torch_program). ``--export-torch BUNDLE`` adds it
-to an existing bundle without training: the network is rebuilt from model.onnx's weights.
+batch axis) for the torch backend, rebuilt from model.onnx's weights and checked against it
+through ONNX Runtime on fresh spectra before it is written into model.json (torch_program).
+``--export-torch BUNDLE`` adds it to an existing bundle without training.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import multiprocessing as mp
-import os
-import platform
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,9 @@ from dsp.features import FeatureExtractor, FeatureSpec  # noqa: E402
 
 MODEL_VERSION = "1.0.0"
 INPUT_NAME = "features"
-OUTPUT_NAME = "probs"
+TORCH_PROGRAM = "model.pt2"
+TORCH_CHECK_SPECTRA = 1000
+TORCH_CHECK_SEED = 515151
 CHUNK = 250  # spectra per generation task (fixes the data independently of the worker count)
 
 
@@ -120,124 +121,6 @@ def make_dataset(n: int, seed: int, spec: FeatureSpec, *, workers: int = 2, vari
     return X, y
 
 
-# ------------------------------------------------------------------------------------------
-# Network
-# ------------------------------------------------------------------------------------------
-
-def build_net(bins: int, n_classes: int):
-    """A small 1-D CNN: 4 conv blocks (pooling by bins/1024, 2, 4, 4), two dense layers, softmax."""
-    import torch
-    from torch import nn
-
-    class SpectrumNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv1d(1, 8, 7, padding=3), nn.ReLU(), nn.MaxPool1d(bins // 1024),
-                nn.Conv1d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-                nn.Conv1d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4),
-                nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(4),
-            )
-            flat = 32 * 32
-            self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(flat, 48), nn.ReLU(),
-                                      nn.Linear(48, n_classes))
-
-        def forward(self, x):                      # x: (batch, bins) -> logits (batch, classes)
-            return self.head(self.body(x.unsqueeze(1)))
-
-    class WithSoftmax(nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return torch.softmax(self.net(x), dim=-1)
-
-    if bins % 1024 or bins < 2048:
-        raise ValueError(f"--bins must be a multiple of 1024, at least 2048, got {bins}")
-    net = SpectrumNet()
-    return net, WithSoftmax
-
-
-def train(X, y, Xv, yv, *, n_classes: int, epochs: int, batch: int, lr: float, seed: int):
-    import torch
-    from torch import nn
-    from tqdm import tqdm
-
-    torch.manual_seed(seed)
-    net, wrap = build_net(X.shape[1], n_classes)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(X) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.02)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    bar = tqdm(total=steps, desc="training", unit="batch")
-    for epoch in range(epochs):
-        net.train()
-        perm = torch.randperm(len(X), generator=gen)
-        total, correct, seen = 0.0, 0, 0
-        for i in range(0, len(X), batch):
-            idx = perm[i:i + batch]
-            xb, yb = Xt[idx], yt[idx]
-            opt.zero_grad(set_to_none=True)
-            logits = net(xb)
-            loss = loss_fn(logits, yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.update(1)
-        val = accuracy(net, Xv, yv)
-        history.append({"epoch": epoch + 1, "loss": total / seen, "train_top1": correct / seen, "val_top1": val})
-        bar.set_postfix(loss=f"{total / seen:.4f}", val=f"{val:.4f}")
-    bar.close()
-    net.eval()
-    return wrap(net).eval(), history
-
-
-def accuracy(net, X, y, batch: int = 1024) -> float:
-    import torch
-
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(X), batch):
-            correct += int((net(torch.from_numpy(X[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    net.train()
-    return correct / len(X)
-
-
-# ------------------------------------------------------------------------------------------
-# Export
-# ------------------------------------------------------------------------------------------
-
-def export_onnx(model, bins: int, path: Path, opset: int = 17) -> None:
-    import torch
-
-    dummy = torch.zeros(2, bins)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (dummy,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    import onnx
-
-    m = onnx.load(str(path))
-    m.producer_name = "ionstream tools/train_model.py"
-    m.doc_string = "ionstream spectrum classifier: (batch, bins) features -> (batch, classes) probabilities"
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-
-
-TORCH_PROGRAM = "model.pt2"
-TORCH_CHECK_SPECTRA = 1000
-TORCH_CHECK_SEED = 515151
-
-
 def export_torch(model, bins: int, path: Path) -> None:
     """Write ``model`` (features -> probabilities) as a torch.export program with a dynamic batch axis."""
     import torch
@@ -258,6 +141,8 @@ def net_from_onnx(onnx_path: Path, bins: int, n_classes: int):
 
     graph = onnx.load(str(onnx_path)).graph
     state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    from inference.training.net import build_net
+
     net, wrap = build_net(bins, n_classes)
     model = wrap(net)
     model.load_state_dict(state, strict=True)   # any architecture change fails here, by name
@@ -326,6 +211,17 @@ def git_commit() -> str | None:
     return None
 
 
+def as_dataset(X: np.ndarray, y: np.ndarray, spec: FeatureSpec, name: str):
+    """Simulator arrays as an inference.training Dataset (each generation chunk is one "run")."""
+    from inference.training.data import Dataset
+    from instrument.spectrum_model import CLASS_LABELS
+
+    n = len(y)
+    chunk = np.arange(n) // CHUNK
+    return Dataset(X, y, tuple(CLASS_LABELS), spec, chunk, [f"{name} chunk {i}" for i in range(int(chunk.max()) + 1)],
+                   np.zeros(n, np.int64), [name], np.arange(n), np.ones(n, np.float32))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240601, help="training seed (data and weights)")
     ap.add_argument("--train", type=int, default=70000, help="training spectra")
     ap.add_argument("--val", type=int, default=2500, help="held-out spectra (a separate seed)")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=12)  # the shipped bundle: 12 epochs of 70000
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--bins", type=int, default=2048, help="feature bins (a multiple of 1024)")
@@ -347,23 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None,
                     help="reuse/keep the generated data set in this .npz (same arguments only)")
     ap.add_argument("--export-torch", type=Path, metavar="BUNDLE", default=None,
-                    help="no training: add model.pt2 (torch.export program of model.onnx's network) to BUNDLE")
+                    help="only add model.pt2 (the torch backend's program) to an existing bundle, checked against its model.onnx")
     ap.add_argument("--torch-check-spectra", type=int, default=TORCH_CHECK_SPECTRA, metavar="N",
-                    help="fresh spectra the torch program is checked on against model.onnx (default %(default)s)")
+                    help="fresh spectra the torch program is checked on (default %(default)s)")
     args = ap.parse_args(argv)
     if args.export_torch is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
         return export_torch_only(args.export_torch, args.workers, args.torch_check_spectra)
 
-    import torch
-    import onnx
+    from instrument.spectrum_model import DEFAULT_N_SAMPLES
 
-    from instrument.spectrum_model import CLASS_LABELS, DEFAULT_N_SAMPLES
-
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
     spec = FeatureSpec(mz_min=args.mz_min, mz_max=args.mz_max, bins=args.bins)
     variants = not args.no_variants
     t_start = time.perf_counter()
@@ -382,67 +270,24 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(args.cache, X=X, y=y, Xv=Xv, yv=yv, key=data_key)
     t_data = time.perf_counter() - t_start
 
-    t0 = time.perf_counter()
-    model, history = train(X, y, Xv, yv, n_classes=len(CLASS_LABELS), epochs=args.epochs, batch=args.batch,
-                           lr=args.lr, seed=args.seed)
-    t_train = time.perf_counter() - t0
+    from inference.training.net import FitConfig
+    from inference.training.trainer import TrainOptions, build_bundle
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    onnx_path = args.out / "model.onnx"
-    export_onnx(model, args.bins, onnx_path)
-
-    # Held-out accuracy through ONNX Runtime, the way the daemon will run it.
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    probs = np.concatenate([sess.run(None, {INPUT_NAME: Xv[i:i + 512]})[0] for i in range(0, len(Xv), 512)])
-    with torch.no_grad():
-        ref = model(torch.from_numpy(Xv[:256])).numpy()
-    drift = float(np.abs(probs[:256] - ref).max())
-    pred = probs.argmax(1)
-    top1 = float((pred == yv).mean())
-    confusion = np.zeros((len(CLASS_LABELS), len(CLASS_LABELS)), int)
-    np.add.at(confusion, (yv, pred), 1)
-    per_class = {CLASS_LABELS[c]: float(confusion[c, c] / max(1, confusion[c].sum())) for c in range(len(CLASS_LABELS))}
-
-    from inference.bundle import FORMAT, FORMAT_VERSION, sha256_file
-
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "name": "default", "version": MODEL_VERSION,
-        "description": "1-D CNN over the binned m/z profile; classes of instrument.spectrum_model",
-        "labels": list(CLASS_LABELS),
-        "input": {"name": INPUT_NAME, **spec.to_dict()},
-        "output": {"name": OUTPUT_NAME, "kind": "probabilities"},
-        "files": {"fp32": {"path": "model.onnx", "sha256": sha256_file(onnx_path)}},
-        "torch_program": write_torch_program(model, args.out, spec, workers=args.workers,
-                                             spectra=args.torch_check_spectra),
-        "training": {
-            "seed": args.seed, "train_spectra": args.train, "epochs": args.epochs, "batch": args.batch,
-            "lr": args.lr, "instrument_variants": variants, "data_seconds": round(t_data, 1),
-            "train_seconds": round(t_train, 1), "threads": args.threads,
-            "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in h.items()} for h in history],
-        },
-        "evaluation": {
-            "held_out_top1": round(top1, 5), "held_out_spectra": args.val, "held_out_seed": args.seed + 1,
-            "per_class_top1": {k: round(v, 5) for k, v in per_class.items()},
-            "confusion": confusion.tolist(), "onnx_vs_torch_max_abs": drift,
-            "backend": f"onnxruntime {ort.__version__} CPU",
-        },
-        "provenance": {
-            "tool": "tools/train_model.py", "command": " ".join([Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "git_commit": git_commit(), "spectrum_model": "instrument.spectrum_model.random_spectrum",
-            "spectrum_samples": DEFAULT_N_SAMPLES, "torch": torch.__version__, "onnx": onnx.__version__,
-            "opset": 17, "python": platform.python_version(),
-        },
-    }
-    (args.out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-    size = onnx_path.stat().st_size
-    print(f"wrote {args.out}/model.onnx ({size / 1024:.0f} KiB) and model.json: held-out top-1 {top1:.4f} "
-          f"on {args.val} spectra; data {t_data:.0f} s, training {t_train:.0f} s", file=sys.stderr)
-    print("per class: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()), file=sys.stderr)
-    return 0
+    fit = FitConfig(epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, threads=args.threads)
+    opts = TrainOptions(bins=args.bins, fit=fit, name="default", version=MODEL_VERSION,
+                        description="1-D CNN over the binned m/z profile; classes of instrument.spectrum_model",
+                        force=True, command=[Path(sys.argv[0]).name] + (argv or sys.argv[1:]))
+    result = build_bundle(
+        as_dataset(X, y, spec, "simulator training spectra"), as_dataset(Xv, yv, spec, "simulator held-out spectra"),
+        args.out, opts, t_data=t_data, tool="tools/train_model.py",
+        data_info={"spectrum_model": "instrument.spectrum_model.random_spectrum", "instrument_variants": variants,
+                   "spectrum_samples": DEFAULT_N_SAMPLES, "held_out_seed": args.seed + 1, "git_commit": git_commit()},
+        intro=[f"Simulator spectra: {args.train} for training (seed {args.seed}), {args.val} held out "
+               f"(seed {args.seed + 1}, default instrument only)."])
+    s = result.scores
+    print(f"wrote {args.out}: held-out top-1 {s['top1']:.4f} on {args.val} spectra; data {t_data:.0f} s, "
+          f"training {result.seconds['training']:.0f} s; report {result.report}", file=sys.stderr)
+    return export_torch_only(args.out, args.workers, args.torch_check_spectra)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "reprocess": "reprocess",
     "images": "images",
     "imzml": "imzml",
+    "train": "train",
+    "evaluate": "evaluate",
 }
 
 # Commands that run for long and log as a service does (timestamps); the rest are clients.

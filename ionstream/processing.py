@@ -39,6 +39,7 @@ class ProcessedScan:
     polarity: str = "positive"
     skipped: str = ""                      # why the DSP could not analyse the scan ("" = analysed; dsp.processor)
     position: Any = None                   # instrument.imaging.PixelPosition of an imaging scan, else None
+    mz_range: tuple[float, float] | None = None  # first and last m/z of the axis (with features: the model's coverage)
 
 
 def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float]] = ()) -> ScanParams:
@@ -91,8 +92,9 @@ class ScanWork:
         if self._spectrum_pool is not None and len(samples) <= self._spectrum_pool.shape[0]:
             spectrum = self._spectrum(axis, result.intensity, explicit=mz is not None)
         # result.xic is a fresh float64 array for each scan (not a processor buffer): no copy.
+        mz_range = None if features is None else (float(axis[0]), float(axis[-1]))
         return ProcessedScan(peaks, float(result.tic), result.xic, features, spectrum, h.ms_level,
-                             h.polarity.name.lower(), result.skipped)
+                             h.polarity.name.lower(), result.skipped, mz_range=mz_range)
 
 
     def _spectrum(self, axis: np.ndarray, processed: np.ndarray, *,

@@ -23,6 +23,7 @@ from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config, resolve_capture_path
 from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
+from inference.ood import OodGate
 from ionstream.daemon.images import LiveImages
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import LatencyWindow, RateWindow
@@ -51,9 +52,11 @@ class Pipeline:
         self._record_lock = threading.Lock()
 
         self.bundle = None
+        self.ood_gate = None
         self.batcher = None
         if config.inference.backend != "none":
             self.bundle = self._load_bundle(config.inference.model)
+            self.ood_gate = OodGate.from_bundle(self.bundle)
             self.batcher = self._make_batcher(self.bundle)
 
         self.curve = CurveServer.from_config(config.publish)
@@ -169,10 +172,15 @@ class Pipeline:
         now = time.time_ns()
         if cls.error is None:
             self._classified += 1
-            self.last_class = (cls.label, cls.confidence)
+            scan: ProcessedScan = result.payload
+            # Inputs the model was not made for (m/z window not covered, far from the training data)
+            # are labelled "unknown" with the reason (inference.ood; docs/wire.md, class).
+            verdict = self.ood_gate.judge(cls.label, scan.features, *scan.mz_range)
+            self.last_class = (verdict.label, cls.confidence)
             self.publisher.publish("class", {
                 "scan": result.scan_number, "t_device_ns": result.device_time_ns, "t_acq_ns": result.host_time_ns,
-                "t_dsp_ns": result.t_dsp_ns, "t_infer_ns": now, "label": cls.label,
+                "t_dsp_ns": result.t_dsp_ns, "t_infer_ns": now, "label": verdict.label, "model_label": cls.label,
+                **verdict.as_fields(),
                 "confidence": cls.confidence, "labels": list(self.bundle.labels),
                 "model": f"{self.bundle.name} {self.bundle.version}",
                 "backend": self._backend_name(),
@@ -261,6 +269,7 @@ class Pipeline:
         if bundle.feature_spec != self.bundle.feature_spec:
             raise ValueError(f"{bundle.json_path}: input spec differs from the running model's; restart to change it")
         self.batcher.reload(self._backend_factory(bundle))
+        self.ood_gate = OodGate.from_bundle(bundle)
         self.bundle = bundle
         log.info("model reloaded: %s %s", bundle.name, bundle.version)
         return {"model": bundle.name, "version": bundle.version}

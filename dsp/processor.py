@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cext.scan import CENTROID_DTYPE, FLAG_EDGE, FLAG_FIT, ScanKernel
+from cext.scan import CENTROID_DTYPE, FLAG_ASYM, FLAG_EDGE, FLAG_FIT, ScanKernel
 from cext.smooth import MODES
 from dsp.calibration import AxisCache, mz_to_index
 from dsp.smoothing import gaussian_weights, savgol_weights
 from instrument.frames import Calibration
 
 __all__ = ["ScanParams", "ScanProcessor", "ScanResult", "pick_centroids", "CENTROID_DTYPE", "FLAG_FIT",
-           "FLAG_EDGE", "PRESETS"]
+           "FLAG_EDGE", "FLAG_ASYM", "PRESETS"]
 
 SMOOTHING = ("savgol", "gaussian", "none")
 
@@ -76,6 +76,11 @@ class ScanParams:
     fit_window : float
         Half-width of the centroid fit, in FWHMs (as measured on the S/N trace); one more sample
         each side enters the Gauss-Newton steps.
+    asymmetry_z : float
+        A two-sided Gaussian (left and right widths) is fitted after the Gaussian; when its
+        asymmetry ln(sigma_right / sigma_left) is at least this many standard errors from 0 the
+        peak is tailed and the two-sided fit's apex, height and FWHM are reported (``FLAG_ASYM``).
+        Symmetric peaks keep the Gaussian, whose centre is 2.6x more precise. 0 = Gaussian only.
     shot_gain : float
         Counts per ion: the centroid fit weights samples by 1 / (noise**2 + shot_gain * signal).
         0 (default) treats the noise as additive; the instrument's value is a little more precise.
@@ -102,6 +107,7 @@ class ScanParams:
     wlen: int = 64
     min_width: float = 1.5
     fit_window: float = 0.75
+    asymmetry_z: float = 3.0
     shot_gain: float = 0.0
     area_floor: float = 1.0
     max_halfwidth: int = 16
@@ -133,6 +139,8 @@ class ScanParams:
             raise ValueError(f"min_width must be >= 0 (samples), got {self.min_width!r}")
         if not self.fit_window > 0:
             raise ValueError(f"fit_window must be > 0 (FWHMs), got {self.fit_window!r}")
+        if not self.asymmetry_z >= 0:
+            raise ValueError(f"asymmetry_z must be >= 0 (standard errors; 0 = Gaussian only), got {self.asymmetry_z!r}")
         if not self.shot_gain >= 0:
             raise ValueError(f"shot_gain must be >= 0 (counts per ion), got {self.shot_gain!r}")
         if self.max_halfwidth < 1:
@@ -280,7 +288,7 @@ class ScanProcessor:
             params.block, params.stride, params.noise_floor, params.min_snr, self.detection_height,
             params.min_snr if params.min_prominence is None else params.min_prominence,
             params.wlen, params.min_width, params.area_floor, params.max_halfwidth, params.shot_gain,
-            params.fit_window)
+            params.fit_window, params.asymmetry_z)
         self._peaks = np.empty(params.max_peaks, CENTROID_DTYPE)
         k = len(params.xic)
         self._xic_mz = np.array(params.xic, np.float64).reshape(k, 2)
@@ -420,7 +428,8 @@ def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.
         ``mz`` (centre, m/z), ``intensity`` (apex height above baseline, counts), ``area``
         (counts x m/z), ``fwhm`` (m/z), ``snr`` (height / local noise sigma), ``noise`` (counts),
         ``index`` (fractional sample index), ``apex`` (sample index of the detected maximum),
-        ``flags`` (FLAG_FIT: Gaussian fit; FLAG_EDGE: reaches the first or last sample).
+        ``flags`` (FLAG_FIT: fitted; FLAG_ASYM: with it, the apex of a two-sided fit of a tailed peak;
+        FLAG_EDGE: reaches the first or last sample).
 
     Notes
     -----

@@ -46,16 +46,18 @@ class TestRealSpectraAgainstOpenMS:
         assert total >= 5
         assert hit / total >= self.BOUNDS[(kind, snr)], (hit, total)
 
-    def test_tof_tail_disagreement_is_known(self):
-        """MALDI-TOF peaks tail to high m/z: our Gaussian centre sits 10-30 ppm above OpenMS's apex,
-        so few match within 5 ppm (docs/dsp.md, not fixed). Pinned so a change shows."""
+    def test_tof_tail_offset_is_known(self):
+        """MALDI-TOF peaks here rise in 2-3 samples and tail over 6-10 (right half ~2.4x wider). The
+        Gaussian centre sat 10-30 ppm above OpenMS's apex (median +19 ppm at S/N 10); the two-sided
+        fit's apex sits 3-8 ppm below it (0.3 samples: the leading edge is not Gaussian; docs/dsp.md,
+        "Tailed peaks"). Pinned so a change shows."""
         s = next(_profiles("openms_tof_maldi.mzML", None))
         theirs = openms_centroids(s.mz, s.intensity, 10.0)
         ours = pick_centroids(s.mz, s.intensity, preset="tof", min_snr=10.0)["mz"]
         j = np.clip(np.searchsorted(ours, theirs), 1, ours.size - 1)
         near = np.where(np.abs(ours[j] - theirs) < np.abs(ours[j - 1] - theirs), ours[j], ours[j - 1])
         ppm = (near - theirs) / theirs * 1e6
-        assert theirs.size >= 15 and 10 <= np.median(ppm) <= 30
+        assert theirs.size >= 15 and -8 <= np.median(ppm) <= -3
 
 
 class TestSimulatorAgainstOpenMS:

@@ -207,7 +207,7 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
         sm, gain = x, 1.0
     trace = (sm - base) / noise
     height = max(p.min_snr, p.detect_sigma * gain)
-    prom = p.min_snr if p.min_prominence is None else p.min_prominence
+    prom = p.prominence
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         peaks, props = scipy.signal.find_peaks(trace, height=height, prominence=prom, wlen=p.wlen,

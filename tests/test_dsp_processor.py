@@ -370,3 +370,18 @@ class TestProminenceIsNotTheThreshold:
             d = np.minimum(np.abs(high["mz"][j] - strong), np.abs(high["mz"][j - 1] - strong)) / strong * 1e6
             assert strong.size >= 100
             assert np.mean(d <= 0.5) >= 0.995, (t, strong[d > 0.5])
+
+
+class TestPickCentroidsProcessorCache:
+    def test_cached_processors_give_fresh_independent_results(self):
+        """pick_centroids keeps one processor per parameter set per thread: results are copies,
+        and a call with other parameters in between changes nothing."""
+        (x, _), (x2, _) = spectra(2, seed0=3000)
+        axis = np.asarray(MODEL.axis)
+        first = pick_centroids(axis, x)
+        keep = first.copy()
+        others = [pick_centroids(axis, x2, min_snr=s) for s in (2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0)]
+        again = pick_centroids(axis, x)
+        np.testing.assert_array_equal(first, keep)
+        np.testing.assert_array_equal(again, first)
+        assert all(o.size for o in others) and again is not first

@@ -14,11 +14,13 @@
    width=...)``;
 6. for each peak a centroid from the baseline-subtracted samples ``xf - baseline`` (not the
    smoothed ones), in m/z coordinates: a Gaussian fitted over +-k samples of the apex (k =
-   ``fit_window`` FWHMs from the trace's width at half prominence, inside the prominence bases), started by a
-   weighted log-parabola (Guo 2011) and finished by Gauss-Newton steps of weighted least squares
-   (weights 1 / (noise**2 + shot_gain * model)); this reaches the Cramer-Rao bound on simulated
-   TOF peaks where the log-parabola alone has 15-70 % of its efficiency. Its centre, height and
-   FWHM are reported; the area is model-free (trapezoids down to ``area_floor`` S/N or a valley);
+   ``fit_window`` FWHMs from the trace's width at half height, inside the valleys next to the apex),
+   started by a weighted log-parabola (Guo 2011) and finished by Gauss-Newton steps of weighted
+   least squares (weights 1 / (noise**2 + shot_gain * model)); this reaches the Cramer-Rao bound on
+   simulated TOF peaks where the log-parabola alone has 15-70 % of its efficiency. Then a two-sided
+   Gaussian (left and right sigma) over the same samples: when its asymmetry is significant
+   (``asymmetry_z`` standard errors) the peak is tailed and its apex is reported (FLAG_ASYM), else
+   the Gaussian's centre, height and FWHM; the area is model-free (trapezoids down to ``area_floor`` S/N or a valley);
    m/z comes from the TOF law (``r**2``) or an explicit axis, evaluated only at those samples;
 7. extracted-ion sums over given sample ranges.
 
@@ -74,6 +76,7 @@ peak was detected: its maximum on the S/N trace), flags (FLAG_*)."""
 
 FLAG_FIT = 1     # centre/height/FWHM from the Gaussian fit (else: intensity-weighted centroid)
 FLAG_EDGE = 2    # the peak's extent reaches the first or last sample
+FLAG_ASYM = 4    # centre/height/FWHM from the two-sided (tailed) fit: its apex (with FLAG_FIT)
 
 assert CENTROID_DTYPE.itemsize == sizeof(Centroid)
 
@@ -81,6 +84,7 @@ cdef enum:
     TILE = 2048
     K_FLAG_FIT = 1
     K_FLAG_EDGE = 2
+    K_FLAG_ASYM = 4
 
 
 cdef inline double mz_at(const double* axis, double t0, double dt, double c0, double c1, double c2,
@@ -149,16 +153,60 @@ cdef inline int _logfit(const double* lu, const double* lv, Py_ssize_t lo, Py_ss
     return 1
 
 
+cdef inline int _chol_solve4(const double* A, const double* b, double* x, double* l33) noexcept nogil:
+    """Solve A x = b for a symmetric positive definite 4x4 ``A`` (row-major) by Cholesky; 0 if
+    ``A`` is not positive definite. ``l33``: the last diagonal element of the Cholesky factor
+    (1 / l33**2 is the last diagonal element of A^-1)."""
+    cdef double L[16]
+    cdef double y[4]
+    cdef double s
+    cdef int i, j, q
+    for i in range(4):
+        for j in range(i + 1):
+            s = A[4 * i + j]
+            for q in range(j):
+                s -= L[4 * i + q] * L[4 * j + q]
+            if i == j:
+                if not (s > 0.0):
+                    return 0
+                L[4 * i + i] = sqrt(s)
+            else:
+                L[4 * i + j] = s / L[4 * j + j]
+    for i in range(4):
+        s = b[i]
+        for q in range(i):
+            s -= L[4 * i + q] * y[q]
+        y[i] = s / L[4 * i + i]
+    for i in range(3, -1, -1):
+        s = y[i]
+        for q in range(i + 1, 4):
+            s -= L[4 * q + i] * x[q]
+        x[i] = s / L[4 * i + i]
+    l33[0] = L[15]
+    return 1
+
+
 cdef inline int _fit_gaussian(const double* lu, const double* lv, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
-                              Py_ssize_t k, double step, double sb2, double gain, double* g) noexcept nogil:
+                              Py_ssize_t k, double step, double sb2, double gain, double* g,
+                              double* asym2) noexcept nogil:
     """Gaussian (height, centre, sigma; centre and sigma in units of ``step`` m/z from lu[kp]) fitted
     to the baseline-subtracted samples lo..hi: a log-parabola over +-k of the apex (Guo weights),
-    then two Gauss-Newton steps of weighted least squares over lo..hi with weights 1 / (sb2 + gain * model) (additive + shot noise). Returns 0
-    when no credible Gaussian results (the caller falls back to a weighted centroid)."""
+    then two Gauss-Newton steps of weighted least squares over lo..hi with weights
+    1 / (sb2 + gain * model) (additive + shot noise). Returns 0 when no credible Gaussian results
+    (the caller falls back to a weighted centroid).
+
+    ``asym2``: the squared z-score of a one-step estimate of the asymmetry ln(sigma_r / sigma_l)
+    from the last pass (its Jacobian column rides along at five more products per sample): the
+    cheap screen before the two-sided fit (0 when it cannot be computed)."""
     cdef Py_ssize_t j, a = kp - k, b = kp + k, it
-    cdef double h, mu, s, u, d, z, e, f, w, res, j0, j1, j2
+    cdef double h, mu, s, u, d, z, e, f, w, res, j0, j1, j2, j3
     cdef double a00, a01, a02, a11, a12, a22, b0, b1, b2
+    cdef double a03, a13, a23, a33, b3, chi
     cdef double x[3]
+    cdef double A[16]
+    cdef double r[4]
+    cdef double x4[4]
+    cdef double l33
     cdef double lim = <double>(hi - lo) * 0.5 + 1.0
     if a < lo:
         a = lo
@@ -173,8 +221,10 @@ cdef inline int _fit_gaussian(const double* lu, const double* lv, Py_ssize_t lo,
     s = g[2]
     if not (fabs(mu) <= lim and s > 0 and h > 0):
         return 0
+    asym2[0] = 0.0
     for it in range(2):
         a00 = a01 = a02 = a11 = a12 = a22 = b0 = b1 = b2 = 0.0
+        a03 = a13 = a23 = a33 = b3 = chi = 0.0
         for j in range(lo, hi + 1):
             u = (lu[j] - lu[kp]) / step
             d = u - mu
@@ -195,6 +245,13 @@ cdef inline int _fit_gaussian(const double* lu, const double* lv, Py_ssize_t lo,
             b0 += w * j0 * res
             b1 += w * j1 * res
             b2 += w * j2 * res
+            j3 = 0.5 * s * (j2 if d >= 0 else -j2)     # d model / d ln(sigma_r / sigma_l) at 0
+            a03 += w * j0 * j3
+            a13 += w * j1 * j3
+            a23 += w * j2 * j3
+            a33 += w * j3 * j3
+            b3 += w * j3 * res
+            chi += w * res * res
         if not _solve3(a00, a01, a02, a11, a12, a22, b0, b1, b2, x):
             break
         if not (h + x[0] > 0 and s + x[2] > 0 and fabs(mu + x[1]) <= lim):
@@ -207,6 +264,93 @@ cdef inline int _fit_gaussian(const double* lu, const double* lv, Py_ssize_t lo,
     g[0] = h
     g[1] = mu
     g[2] = s
+    if hi - lo + 1 > 4:
+        A[0] = a00; A[1] = a01; A[2] = a02; A[3] = a03
+        A[5] = a11; A[6] = a12; A[7] = a13
+        A[10] = a22; A[11] = a23
+        A[15] = a33
+        A[4] = a01; A[8] = a02; A[9] = a12; A[12] = a03; A[13] = a13; A[14] = a23
+        r[0] = b0; r[1] = b1; r[2] = b2; r[3] = b3
+        if _chol_solve4(A, r, x4, &l33):
+            # var(x4[3]) = (A^-1)[3, 3] = 1 / l33**2, times the reduced chi-square when above 1
+            z = chi / <double>(hi - lo + 1 - 3)
+            asym2[0] = x4[3] * x4[3] * l33 * l33 / (z if z > 1.0 else 1.0)
+    return 1
+
+
+cdef inline int _fit_two_sided(const double* lu, const double* lv, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t kp,
+                               double step, double sb2, double gain, double zmin, const double* g,
+                               double* b) noexcept nogil:
+    """Two-sided Gaussian (height, apex, sigma left, sigma right; ``step`` units from lu[kp]) fitted
+    to samples lo..hi by Gauss-Newton from the Gaussian ``g``, with the weights of _fit_gaussian.
+    Returns 1 (and writes ``b``) only when the asymmetry ln(sigma_r / sigma_l) differs from 0 by
+    more than ``zmin`` standard errors (covariance of the fit, scaled by the reduced chi-square when
+    that exceeds 1): the apex of a tailed peak, where a Gaussian's centre sits on the tail side.
+    A symmetric peak keeps the Gaussian (the extra parameter would cost it 2.6x in centre error)."""
+    cdef Py_ssize_t j, n = hi - lo + 1
+    cdef int it, q, c
+    cdef double h = g[0], mu = g[1], sl = g[2], sr = g[2], u, d, sd, z, e, f, w, res, chi = 0.0, var, lim
+    cdef double jv[4]
+    cdef double A[16]
+    cdef double r[4]
+    cdef double x[4]
+    if n < 7 or not (zmin > 0):
+        return 0
+    lim = <double>(hi - lo) * 0.5 + 1.0
+    for it in range(5):     # 4 Gauss-Newton steps; the 5th pass gives chi-square and covariance
+        for q in range(16):
+            A[q] = 0.0
+        r[0] = r[1] = r[2] = r[3] = 0.0
+        chi = 0.0
+        for j in range(lo, hi + 1):
+            u = (lu[j] - lu[kp]) / step
+            d = u - mu
+            sd = sl if d < 0 else sr
+            z = d / sd
+            e = exp(-0.5 * z * z)
+            f = h * e
+            w = 1.0 / (sb2 + gain * (f if f > 0 else 0.0))
+            res = lv[j] - f
+            jv[0] = e
+            jv[1] = f * d / (sd * sd)
+            jv[2] = jv[1] * z if d < 0 else 0.0
+            jv[3] = 0.0 if d < 0 else jv[1] * z
+            for q in range(4):
+                r[q] += w * jv[q] * res
+                for c in range(q + 1):
+                    A[4 * q + c] += w * jv[q] * jv[c]
+            chi += w * res * res
+        for q in range(4):
+            for c in range(q + 1, 4):
+                A[4 * q + c] = A[4 * c + q]
+        if it == 4:
+            break
+        if not _chol_solve4(A, r, x, &var):
+            return 0
+        if not (h + x[0] > 0 and sl + x[2] > 0 and sr + x[3] > 0 and fabs(mu + x[1]) <= lim):
+            return 0
+        h += x[0]
+        mu += x[1]
+        sl += x[2]
+        sr += x[3]
+    if not (0.25 < sr / sl < 4.0):
+        return 0
+    r[0] = r[1] = 0.0
+    r[2] = -1.0 / sl
+    r[3] = 1.0 / sr
+    if not _chol_solve4(A, r, x, &var):
+        return 0
+    var = r[2] * x[2] + r[3] * x[3]
+    z = chi / <double>(n - 4)
+    if z > 1.0:
+        var *= z
+    d = log(sr / sl)
+    if not (var > 0 and d * d > zmin * zmin * var):
+        return 0
+    b[0] = h
+    b[1] = mu
+    b[2] = sl
+    b[3] = sr
     return 1
 
 
@@ -280,7 +424,7 @@ cdef class ScanKernel:
     cdef Py_ssize_t block, stride
     cdef double noise_floor
     cdef Conds conds
-    cdef double min_snr, area_floor, shot_gain, fit_window
+    cdef double min_snr, area_floor, shot_gain, fit_window, asymmetry_z
     cdef Py_ssize_t max_half
     # buffers (numpy arrays keep them alive; views handed out stay valid)
     cdef Py_ssize_t cap
@@ -321,7 +465,8 @@ cdef class ScanKernel:
 
     def configure(self, half, int mode, left, right, Py_ssize_t block, Py_ssize_t stride, double noise_floor,
                   double min_snr, double detect_height, double min_prominence, Py_ssize_t wlen, double min_width,
-                  double area_floor, Py_ssize_t max_half, double shot_gain=0.0, double fit_window=0.75):
+                  double area_floor, Py_ssize_t max_half, double shot_gain=0.0, double fit_window=0.75,
+                  double asymmetry_z=3.0):
         """Set the parameters (validated by dsp.processor.ScanParams).
 
         half: smoothing weights from the centre outwards, or None for no smoothing; mode: boundary
@@ -330,6 +475,8 @@ cdef class ScanKernel:
         wlen, min_width, max_half: samples.
         shot_gain: counts per ion (the fit's noise variance is noise**2 + shot_gain * signal).
         fit_window: half-width of the centroid fit in FWHMs (measured on the trace).
+        asymmetry_z: standard errors of asymmetry a peak needs for its two-sided fit (its apex) to
+        be reported instead of the Gaussian's centre; 0 = Gaussian only.
         """
         cdef double[:, ::1] lm
         cdef double[:, ::1] rm
@@ -374,6 +521,7 @@ cdef class ScanKernel:
         self.max_half = max_half
         self.shot_gain = shot_gain
         self.fit_window = fit_window
+        self.asymmetry_z = asymmetry_z
         self.cap = 0   # local buffers depend on max_half: reallocate on the next run
 
     cdef _reserve(self, Py_ssize_t n):
@@ -643,6 +791,8 @@ cdef class ScanKernel:
         cdef double* lu = self.lu
         cdef double af = self.area_floor, step, hw, area, sb2, sv, su, vmax, half, xl, xr, v
         cdef double fit[3]
+        cdef double two[4]
+        cdef double asym2
         cdef unsigned int flags = 0
         cdef int ok
         # fit window: +-k samples, k ~ 0.75 FWHM, one more sample each side for the nonlinear fit,
@@ -687,8 +837,19 @@ cdef class ScanKernel:
         step = (lu[wr - L] - lu[wl - L]) / <double>(wr - wl)
         sb2 = self._noise_at(p)
         sb2 *= sb2
-        ok = _fit_gaussian(lu, lv, wl - L, wr - L, kp, k, step, sb2, self.shot_gain, fit)
-        if ok:
+        ok = _fit_gaussian(lu, lv, wl - L, wr - L, kp, k, step, sb2, self.shot_gain, fit, &asym2)
+        # the two-sided fit only for peaks whose one-step asymmetry reaches half the bound: most
+        # peaks are symmetric or too weak to show a tail, and skip its five passes
+        if ok and self.asymmetry_z > 0 and asym2 >= 0.25 * self.asymmetry_z * self.asymmetry_z \
+                and _fit_two_sided(lu, lv, wl - L, wr - L, kp, step, sb2, self.shot_gain, self.asymmetry_z, fit, two):
+            # a tailed peak: report its apex (a Gaussian's centre lies on the tail side, 7 % of the
+            # FWHM for a right half 1.35x wider; docs/dsp.md, "Tailed peaks")
+            flags |= K_FLAG_FIT | K_FLAG_ASYM
+            out.mz = lu[kp] + two[1] * step
+            out.index = <double>p + two[1]
+            out.fwhm = <float>(1.1774100225154747 * (two[2] + two[3]) * fabs(step))
+            out.intensity = <float>two[0]
+        elif ok:
             flags |= K_FLAG_FIT
             out.mz = lu[kp] + fit[1] * step
             out.index = <double>p + fit[1]

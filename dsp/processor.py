@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cext.scan import CENTROID_DTYPE, FLAG_EDGE, FLAG_FIT, ScanKernel
+from cext.scan import CENTROID_DTYPE, FLAG_ASYM, FLAG_EDGE, FLAG_FIT, ScanKernel
 from cext.smooth import MODES
 from dsp.calibration import AxisCache, mz_to_index
 from dsp.smoothing import gaussian_weights, savgol_weights
 from instrument.frames import Calibration
 
 __all__ = ["ScanParams", "ScanProcessor", "ScanResult", "pick_centroids", "CENTROID_DTYPE", "FLAG_FIT",
-           "FLAG_EDGE", "PRESETS"]
+           "FLAG_EDGE", "FLAG_ASYM", "PRESETS",
+           "spectrum_params"]
 
 SMOOTHING = ("savgol", "gaussian", "none")
 
@@ -41,6 +43,14 @@ PRESETS: dict[str, dict] = {
     "fticr": {"smoothing": "none", "detect_sigma": 0.0, "min_width": 0.0},
 }
 """Parameter sets per instrument kind (docs/dsp.md, "Presets"); given fields override them."""
+
+
+DEFAULT_PROMINENCE = 3.0
+"""Prominence (S/N) a peak needs when ``min_prominence`` is None and ``min_snr`` is higher. The
+prominence tells a peak from a noise bump on its neighbour's flank; the reporting threshold is
+``min_snr``. Tying the two (the prominence was ``min_snr``) made a higher ``min_snr`` drop peaks
+well above it that sit next to a larger one (an S/N 7 peak with a valley 2 sigma deep, found at
+``min_snr=1``, vanished at ``min_snr=3``)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,8 @@ class ScanParams:
         noise gain (the trace's own noise sigma: 0.58 for Savitzky-Golay 7/3, 1 without smoothing).
         5 keeps noise maxima out (a white-noise sample exceeds 5 sigma once in 3.5 million).
     min_prominence : float or None
-        Prominence (S/N units) a peak needs on the S/N trace within ``wlen``; None = ``min_snr``.
+        Prominence (S/N units) a peak needs on the S/N trace within ``wlen``; None = the lower of
+        ``min_snr`` and DEFAULT_PROMINENCE (3): a noise test, not the reporting threshold.
     wlen : int
         Window (samples) for the prominence (find_peaks' ``wlen``).
     min_width : float
@@ -76,6 +87,11 @@ class ScanParams:
     fit_window : float
         Half-width of the centroid fit, in FWHMs (as measured on the S/N trace); one more sample
         each side enters the Gauss-Newton steps.
+    asymmetry_z : float
+        A two-sided Gaussian (left and right widths) is fitted after the Gaussian; when its
+        asymmetry ln(sigma_right / sigma_left) is at least this many standard errors from 0 the
+        peak is tailed and the two-sided fit's apex, height and FWHM are reported (``FLAG_ASYM``).
+        Symmetric peaks keep the Gaussian, whose centre is 2.6x more precise. 0 = Gaussian only.
     shot_gain : float
         Counts per ion: the centroid fit weights samples by 1 / (noise**2 + shot_gain * signal).
         0 (default) treats the noise as additive; the instrument's value is a little more precise.
@@ -102,6 +118,7 @@ class ScanParams:
     wlen: int = 64
     min_width: float = 1.5
     fit_window: float = 0.75
+    asymmetry_z: float = 3.0
     shot_gain: float = 0.0
     area_floor: float = 1.0
     max_halfwidth: int = 16
@@ -133,6 +150,8 @@ class ScanParams:
             raise ValueError(f"min_width must be >= 0 (samples), got {self.min_width!r}")
         if not self.fit_window > 0:
             raise ValueError(f"fit_window must be > 0 (FWHMs), got {self.fit_window!r}")
+        if not self.asymmetry_z >= 0:
+            raise ValueError(f"asymmetry_z must be >= 0 (standard errors; 0 = Gaussian only), got {self.asymmetry_z!r}")
         if not self.shot_gain >= 0:
             raise ValueError(f"shot_gain must be >= 0 (counts per ion), got {self.shot_gain!r}")
         if self.max_halfwidth < 1:
@@ -172,6 +191,14 @@ class ScanParams:
         """Parameters of the instrument kind ``preset`` (a key of :data:`PRESETS`, or None/'' for
         the defaults); ``overrides`` win."""
         return cls(**{**preset_params(preset), **overrides})
+
+    @property
+    def prominence(self) -> float:
+        """The prominence (S/N) a peak needs: ``min_prominence``, or when None the lower of
+        ``min_snr`` and :data:`DEFAULT_PROMINENCE`."""
+        if self.min_prominence is not None:
+            return float(self.min_prominence)
+        return min(float(self.min_snr), DEFAULT_PROMINENCE)
 
     def replace(self, **changes) -> "ScanParams":
         return dataclasses.replace(self, **changes)
@@ -288,9 +315,9 @@ class ScanProcessor:
             None if sm is None else sm.half, MODES["interp"] if sm is None else sm.mode,
             None if sm is None else sm.left, None if sm is None else sm.right,
             params.block, params.stride, params.noise_floor, params.min_snr, self.detection_height,
-            params.min_snr if params.min_prominence is None else params.min_prominence,
+            params.prominence,
             params.wlen, params.min_width, params.area_floor, params.max_halfwidth, params.shot_gain,
-            params.fit_window)
+            params.fit_window, params.asymmetry_z)
         self._peaks = np.empty(params.max_peaks, CENTROID_DTYPE)
         k = len(params.xic)
         self._xic_mz = np.array(params.xic, np.float64).reshape(k, 2)
@@ -446,6 +473,27 @@ def _noise_suppressed_floor(intensity: np.ndarray) -> float:
     return float(np.percentile(pos, 5)) if pos.size else 0.0
 
 
+def _spectrum_params(y: np.ndarray, preset: str | None, params: dict) -> dict:
+    """ScanParams fields for one spectrum: the preset, then ``params``, then for noise-suppressed
+    data (mostly exact zeros) a noise floor, no smoothing and detect_sigma 0 unless given."""
+    params = {**preset_params(preset), **params}
+    if "noise_floor" not in params:
+        floor = _noise_suppressed_floor(y)
+        if floor > 0:
+            params["noise_floor"] = floor
+            params.setdefault("smoothing", "none")
+            params.setdefault("detect_sigma", 0.0)    # no noise left to raise false alarms
+    params.setdefault("max_peaks", max(4096, y.size // 4))
+    return params
+
+
+def spectrum_params(intensity, *, preset: str | None = None, **params) -> ScanParams:
+    """The parameters :func:`pick_centroids` starts from for this spectrum (before an automatic
+    peak-width rescaling, which keeps the baseline and noise settings): the preset, ``params``, and
+    the noise floor of noise-suppressed data."""
+    return ScanParams(**_spectrum_params(np.asarray(intensity), preset, params))
+
+
 def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.ndarray:
     """Centroids of one profile spectrum: a structured array sorted by m/z.
 
@@ -467,7 +515,8 @@ def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.
         ``mz`` (centre, m/z), ``intensity`` (apex height above baseline, counts), ``area``
         (counts x m/z), ``fwhm`` (m/z), ``snr`` (height / local noise sigma), ``noise`` (counts),
         ``index`` (fractional sample index), ``apex`` (sample index of the detected maximum),
-        ``flags`` (FLAG_FIT: Gaussian fit; FLAG_EDGE: reaches the first or last sample).
+        ``flags`` (FLAG_FIT: fitted; FLAG_ASYM: with it, the apex of a two-sided fit of a tailed peak;
+        FLAG_EDGE: reaches the first or last sample).
 
     Notes
     -----
@@ -478,6 +527,13 @@ def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.
     at the 5th percentile of the positive intensities unless ``noise_floor`` is given, no smoothing
     unless ``smoothing`` is given (smoothing across the zero gaps would ring), and ``detect_sigma=0``
     (there is no noise left to raise false alarms; ``min_snr`` alone decides).
+
+    The orbitrap and fticr presets do not smooth: apodised FT profiles have band-limited noise
+    (neighbouring samples correlated), and smoothing would only merge close peaks. When the noise
+    of the spectrum is white at the sample scale instead (lag-1 autocorrelation below
+    :data:`WHITE_NOISE_LAG1`), one-sample noise maxima on the flanks and tails of strong peaks
+    would be reported, so the detection trace is smoothed (Savitzky-Golay over ~1.3 FWHM) unless
+    ``smoothing`` is given.
     """
     m = np.ascontiguousarray(mz, dtype=np.float64)
     y = np.asarray(intensity)
@@ -492,22 +548,76 @@ def pick_centroids(mz, intensity, *, preset: str | None = None, **params) -> np.
         return np.zeros(0, CENTROID_DTYPE)
     if not np.all(np.diff(m) > 0):
         raise ValueError("mz must be strictly increasing")
-    params = {**preset_params(preset), **params}
-    fwhm = params.pop("fwhm_samples", "auto")
-    if "noise_floor" not in params:
-        floor = _noise_suppressed_floor(y)
-        if floor > 0:
-            params["noise_floor"] = floor
-            params.setdefault("smoothing", "none")
-            params.setdefault("detect_sigma", 0.0)    # no noise left to raise false alarms
-    params.setdefault("max_peaks", max(4096, y.size // 4))
-    if fwhm == "auto":
-        first = ScanProcessor(ScanParams(**params)).process(y, m)
-        strong = first.peaks[(first.peaks["snr"] >= 10) & ((first.peaks["flags"] & FLAG_FIT) != 0)]
-        if strong.size >= 3:
-            spacing = np.interp(strong["mz"], m[1:], np.diff(m))
-            est = float(np.median(strong["fwhm"] / spacing))
-            if est > 7.5 or est < 3.3:
-                return ScanProcessor(ScanParams.for_peak_width(est, **params)).process(y, m).peaks.copy()
-        return first.peaks.copy()
-    return ScanProcessor(ScanParams.for_peak_width(float(fwhm), **params)).process(y, m).peaks.copy()
+    given = dict(params)
+    fwhm = given.pop("fwhm_samples", "auto")
+    params = _spectrum_params(y, preset, given)
+    # a preset's "no smoothing" assumes band-limited (apodised FT) noise; white noise gets smoothed
+    check_noise = "smoothing" not in given and params.get("smoothing") == "none" and "noise_floor" not in params
+    if fwhm != "auto" and not check_noise:
+        return _processor(ScanParams.for_peak_width(float(fwhm), **params)).process(y, m).peaks.copy()
+    proc = _processor(ScanParams(**params))
+    first = proc.process(y, m)
+    est = _median_fwhm_samples(first.peaks, m) if fwhm == "auto" else float(fwhm)
+    smoothed = check_noise and _noise_is_white(proc, first)
+    if smoothed:
+        window = max(5, int(round(1.3 * (est or 4.0))) | 1)
+        params.update(smoothing="savgol", savgol_window=window, savgol_order=3 if window >= 7 else 2)
+    if est is not None and (fwhm != "auto" or est > 7.5 or est < 3.3):
+        return _processor(ScanParams.for_peak_width(est, **params)).process(y, m).peaks.copy()
+    if smoothed:
+        return _processor(ScanParams(**params)).process(y, m).peaks.copy()
+    return first.peaks.copy()
+
+
+_local = threading.local()
+_CACHED_PROCESSORS = 8
+
+
+def _processor(params: ScanParams) -> ScanProcessor:
+    """This thread's processor for ``params``: kept between pick_centroids calls (up to
+    _CACHED_PROCESSORS per thread), so that a call neither configures a kernel nor allocates and
+    first-touches its buffers again (~100 us of a 64k-point spectrum's ~300). Safe because
+    pick_centroids returns copies and a thread runs one call at a time."""
+    cache = getattr(_local, "processors", None)
+    if cache is None:
+        cache = _local.processors = {}
+    proc = cache.pop(params, None)
+    if proc is None:
+        proc = ScanProcessor(params)
+        if len(cache) >= _CACHED_PROCESSORS:
+            del cache[next(iter(cache))]     # the least recently used
+    cache[params] = proc
+    return proc
+
+
+def _median_fwhm_samples(peaks: np.ndarray, mz: np.ndarray) -> float | None:
+    """Median FWHM, in samples, of the fitted peaks above S/N 10 (the sample spacing at each
+    apex); None with fewer than 3."""
+    strong = peaks[(peaks["snr"] >= 10) & ((peaks["flags"] & FLAG_FIT) != 0)]
+    if strong.size < 3:
+        return None
+    i = np.clip(strong["apex"], 0, mz.size - 2)
+    return float(np.median(strong["fwhm"] / (mz[i + 1] - mz[i])))
+
+
+WHITE_NOISE_LAG1 = 0.25
+"""Lag-1 autocorrelation of the noise below which it counts as white at the sample scale. Measured
+(docs/dsp.md, "Presets"): white Poisson + read noise (both generators) 0.01-0.04; apodised FT
+profiles (LTQ FT, FTMS of tests/data) 0.49-0.65; the MALDI-TOF profile 0.75."""
+
+
+def _noise_is_white(proc: ScanProcessor, result: ScanResult, min_pairs: int = 1000) -> bool:
+    """Whether the last scan's noise is white at the sample scale: the lag-1 autocorrelation of
+    (sample - baseline) / noise over neighbouring non-zero samples both within 3 sigma of the
+    baseline is below WHITE_NOISE_LAG1 (False with fewer than ``min_pairs`` such pairs)."""
+    v = np.asarray(result.intensity, np.float64)
+    centres, _, sigma = proc.baseline_blocks()
+    r = v * np.interp(np.arange(v.size, dtype=np.float64), centres, 1.0 / sigma)
+    ok = (np.abs(r) < 3.0) & (proc.samples_f32 != 0)
+    pair = ok[:-1] & ok[1:]
+    if np.count_nonzero(pair) < min_pairs:
+        return False
+    a, b = r[:-1][pair], r[1:][pair]
+    a, b = a - a.mean(), b - b.mean()
+    rho = float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return rho < WHITE_NOISE_LAG1

@@ -14,7 +14,7 @@ import scipy.ndimage
 import scipy.signal
 
 from dsp.calibration import mz_at
-from dsp.processor import CENTROID_DTYPE, FLAG_EDGE, FLAG_FIT, ScanParams
+from dsp.processor import CENTROID_DTYPE, FLAG_ASYM, FLAG_EDGE, FLAG_FIT, ScanParams
 from instrument.frames import Calibration
 
 __all__ = ["block_statistics", "baseline_and_noise", "process_scan"]
@@ -82,7 +82,9 @@ def baseline_and_noise(x, block: int = 512, stride: int = 4, noise_floor: float 
 
 
 def _fit(u, v, kp, k, lo, hi, sb2, gain):
-    """The kernel's Gaussian fit (log-parabola start, two Gauss-Newton steps), in NumPy."""
+    """The kernel's Gaussian fit (log-parabola start, two Gauss-Newton steps), in NumPy: (height,
+    centre, sigma, asym2) or None; asym2 is the squared z-score of the one-step asymmetry estimate
+    from the last pass (the screen before the two-sided fit)."""
     a, b = max(kp - k, lo), min(kp + k, hi)
     uu, vv = u[a:b + 1], v[a:b + 1]
     ok = vv > 0
@@ -107,15 +109,74 @@ def _fit(u, v, kp, k, lo, hi, sb2, gain):
         e = np.exp(-0.5 * (d / s) ** 2)
         f = h * e
         wt = 1.0 / (sb2 + gain * np.maximum(f, 0))
-        J = np.stack([e, f * d / s ** 2, f * d ** 2 / s ** 3], 1)
+        j2 = f * d ** 2 / s ** 3
+        J = np.stack([e, f * d / s ** 2, j2, 0.5 * s * np.where(d >= 0, j2, -j2)], 1)
+        A = J.T @ (J * wt[:, None])
+        b = J.T @ (wt * (vv - f))
+        chi = float(np.sum(wt * (vv - f) ** 2))
         try:
-            step = np.linalg.solve(J.T @ (J * wt[:, None]), J.T @ (wt * (vv - f)))
+            step = np.linalg.solve(A[:3, :3], b[:3])
         except np.linalg.LinAlgError:
             break
         if not (h + step[0] > 0 and s + step[2] > 0 and abs(mu + step[1]) <= lim):
             break
         h, mu, s = h + step[0], mu + step[1], s + step[2]
-    return h, mu, s
+        if abs(step[1]) < 1e-5 * s:
+            break
+    asym2 = 0.0
+    if uu.size > 4:
+        try:
+            np.linalg.cholesky(A)
+            x = np.linalg.solve(A, b)
+            asym2 = x[3] ** 2 / np.linalg.inv(A)[3, 3] / max(chi / (uu.size - 3), 1.0)
+        except np.linalg.LinAlgError:
+            pass
+    return h, mu, s, asym2
+
+
+def _fit_two_sided(u, v, lo, hi, sb2, gain, zmin, g):
+    """The kernel's two-sided Gaussian (height, apex, sigma left, sigma right) over lo..hi from the
+    Gaussian ``g``: four Gauss-Newton steps; returned only when ln(sigma_r / sigma_l) is at least
+    ``zmin`` standard errors from 0 (covariance scaled by the reduced chi-square when above 1)."""
+    uu, vv = u[lo:hi + 1], v[lo:hi + 1]
+    n = uu.size
+    if n < 7 or not zmin > 0:
+        return None
+    lim = (hi - lo) * 0.5 + 1.0
+    h, mu, sl, sr = g[0], g[1], g[2], g[2]
+    for it in range(5):
+        d = uu - mu
+        left = d < 0
+        sd = np.where(left, sl, sr)
+        z = d / sd
+        e = np.exp(-0.5 * z * z)
+        f = h * e
+        wt = 1.0 / (sb2 + gain * np.maximum(f, 0))
+        j1 = f * d / sd ** 2
+        J = np.stack([e, j1, np.where(left, j1 * z, 0.0), np.where(left, 0.0, j1 * z)], 1)
+        A = J.T @ (J * wt[:, None])
+        if it == 4:
+            chi = float(np.sum(wt * (vv - f) ** 2))
+            break
+        try:
+            np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            return None
+        x = np.linalg.solve(A, J.T @ (wt * (vv - f)))
+        if not (h + x[0] > 0 and sl + x[2] > 0 and sr + x[3] > 0 and abs(mu + x[1]) <= lim):
+            return None
+        h, mu, sl, sr = h + x[0], mu + x[1], sl + x[2], sr + x[3]
+    if not 0.25 < sr / sl < 4.0:
+        return None
+    grad = np.array([0.0, 0.0, -1.0 / sl, 1.0 / sr])
+    try:
+        np.linalg.cholesky(A)
+    except np.linalg.LinAlgError:
+        return None
+    var = float(grad @ np.linalg.solve(A, grad)) * max(chi / (n - 4), 1.0)
+    if not (var > 0 and np.log(sr / sl) ** 2 > zmin * zmin * var):
+        return None
+    return h, mu, sl, sr
 
 
 def process_scan(samples, calibration_or_axis, params: ScanParams | None = None) -> np.ndarray:
@@ -146,7 +207,7 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
         sm, gain = x, 1.0
     trace = (sm - base) / noise
     height = max(p.min_snr, p.detect_sigma * gain)
-    prom = p.min_snr if p.min_prominence is None else p.min_prominence
+    prom = p.prominence
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         peaks, props = scipy.signal.find_peaks(trace, height=height, prominence=prom, wlen=p.wlen,
@@ -175,8 +236,15 @@ def process_scan(samples, calibration_or_axis, params: ScanParams | None = None)
         u = (axis - axis[pk]) / step
         flags = FLAG_EDGE if (la == 0 or ra == n - 1) else 0
         r = _fit(u, v, pk, k, wl, wr, noise[pk] ** 2, p.shot_gain)
-        if r is not None:
-            h, mu, s = r
+        two = None
+        if r is not None and p.asymmetry_z > 0 and r[3] >= 0.25 * p.asymmetry_z ** 2:
+            two = _fit_two_sided(u, v, wl, wr, noise[pk] ** 2, p.shot_gain, p.asymmetry_z, r)
+        if two is not None:
+            h, mu, sl, sr = two
+            mz, fwhm, flags = axis[pk] + mu * step, 1.1774100225154747 * (sl + sr) * abs(step), flags | FLAG_FIT | FLAG_ASYM
+            index = pk + mu
+        elif r is not None:
+            h, mu, s, _ = r
             mz, fwhm, flags = axis[pk] + mu * step, 2.3548200450309493 * s * abs(step), flags | FLAG_FIT
             index = pk + mu
         else:

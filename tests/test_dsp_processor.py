@@ -77,7 +77,7 @@ class TestDetectionIsFindPeaks:
             trace = proc.trace.astype(np.float64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                want, _ = scipy.signal.find_peaks(trace, height=proc.detection_height, prominence=params.min_snr,
+                want, _ = scipy.signal.find_peaks(trace, height=proc.detection_height, prominence=params.prominence,
                                                   wlen=params.wlen, width=params.min_width)
             assert r.n_detected == want.size
             assert set(r.peaks["apex"].tolist()) <= set(want.tolist())
@@ -369,3 +369,39 @@ class TestReference:
             np.testing.assert_allclose(got["intensity"], want["intensity"], rtol=1e-3)
             np.testing.assert_allclose(got["area"], want["area"], rtol=1e-3, atol=1e-3)
             np.testing.assert_array_equal(got["flags"], want["flags"])
+
+
+class TestProminenceIsNotTheThreshold:
+    def test_higher_min_snr_keeps_peaks_above_it(self):
+        """Raising min_snr may drop only peaks below it. The prominence was tied to min_snr: on the
+        real LTQ FT profile a peak at S/N 7 whose valley to a larger neighbour is ~2 sigma deep was
+        found at min_snr=1 and gone at min_snr=3 or 5 (tests/data/README.md has the file)."""
+        from pathlib import Path
+
+        from ionstream import mzml
+
+        data = Path(__file__).parent / "data" / "small_ltqft.mzML"
+        s = next(x for x in mzml.read_mzml_spectra(data) if not x.centroided and x.scan == 1)
+        low = pick_centroids(s.mz, s.intensity, preset="fticr", min_snr=1)
+        for t in (3.0, 5.0):
+            high = pick_centroids(s.mz, s.intensity, preset="fticr", min_snr=t)
+            strong = low["mz"][low["snr"] >= t + 2]       # clear of the threshold
+            j = np.clip(np.searchsorted(high["mz"], strong), 1, high.size - 1)
+            d = np.minimum(np.abs(high["mz"][j] - strong), np.abs(high["mz"][j - 1] - strong)) / strong * 1e6
+            assert strong.size >= 100
+            assert np.mean(d <= 0.5) >= 0.995, (t, strong[d > 0.5])
+
+
+class TestPickCentroidsProcessorCache:
+    def test_cached_processors_give_fresh_independent_results(self):
+        """pick_centroids keeps one processor per parameter set per thread: results are copies,
+        and a call with other parameters in between changes nothing."""
+        (x, _), (x2, _) = spectra(2, seed0=3000)
+        axis = np.asarray(MODEL.axis)
+        first = pick_centroids(axis, x)
+        keep = first.copy()
+        others = [pick_centroids(axis, x2, min_snr=s) for s in (2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0)]
+        again = pick_centroids(axis, x)
+        np.testing.assert_array_equal(first, keep)
+        np.testing.assert_array_equal(again, first)
+        assert all(o.size for o in others) and again is not first

@@ -7,6 +7,7 @@ label and probability for probability (ONNX Runtime on the CPU gives the same bi
 spectrum whatever batch it runs in: checked below, so exact comparison is justified), and
 elution events event for event.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -132,10 +133,27 @@ class TestSettings:
         config.dsp.smoothing, config.dsp.min_snr, config.dsp.xic = "gaussian", 5.0, [[100, 200]]
         s = Settings.from_config(config)
         # ionstream.daemon.pipeline.Pipeline._make_work passes exactly these to ScanWork
-        assert s.dsp_params == {"smoothing": "gaussian", "min_snr": 5.0}
+        assert s.dsp_params == {"smoothing": "gaussian", "min_snr": 5.0, "preset": ""}
         assert s.xic == ((100.0, 200.0),) and s.trace_names == ["tic", "xic:100-200"]
         assert s.backend == "onnxruntime"  # auto -> the CPU reference here
         assert Settings.from_dict(s.to_dict()) == s
+
+    @needs_dsp
+    def test_preset_reaches_the_dsp(self):
+        """`[dsp] preset` was dropped by reprocess: its scans were picked with the TOF defaults."""
+        from ionstream.config import Config
+        from ionstream.offline.reprocess import _scan_work
+
+        config = Config()
+        config.dsp.preset = "fticr"
+        s = Settings.from_config(config)
+        assert s.dsp_params["preset"] == "fticr"
+        assert Settings.from_dict(s.to_dict()) == s
+        params = _scan_work(s, None)._dsp.params
+        assert (params.smoothing, params.detect_sigma, params.min_width) == ("none", 0.0, 0.0)
+        resolved = dataclasses.replace(s, backend="none").resolved()
+        assert resolved["dsp"]["preset"] == "fticr"
+        assert settings_hash(resolved) != settings_hash(Settings(backend="none").resolved())
 
     def test_hash_follows_results_not_paths(self, tmp_path):
         import shutil

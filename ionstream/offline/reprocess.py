@@ -91,6 +91,7 @@ class Settings:
 
     smoothing: str = "savgol"
     min_snr: float = 3.0
+    preset: str = ""
     xic: tuple[tuple[float, float], ...] = ()
     backend: str = "onnxruntime"
     model: str = ""
@@ -102,14 +103,14 @@ class Settings:
         """The settings the daemon would use with ``config`` (an ionstream.config.Config)."""
         dsp, inf = config.dsp, config.inference
         backend = "onnxruntime" if inf.backend == "auto" else inf.backend
-        return cls(smoothing=dsp.smoothing, min_snr=float(dsp.min_snr),
+        return cls(smoothing=dsp.smoothing, min_snr=float(dsp.min_snr), preset=dsp.preset,
                    xic=tuple((float(lo), float(hi)) for lo, hi in dsp.xic), backend=backend,
                    model=str(inf.model or ""), precision=inf.precision, max_batch=int(inf.max_batch))
 
     # The same construction as ionstream.daemon.pipeline.Pipeline._make_work.
     @property
     def dsp_params(self) -> dict[str, Any]:
-        return {"smoothing": self.smoothing, "min_snr": self.min_snr}
+        return {"smoothing": self.smoothing, "min_snr": self.min_snr, "preset": self.preset}
 
     @property
     def trace_names(self) -> list[str]:
@@ -238,7 +239,7 @@ def classifier_for(settings: Settings) -> Classifier:
     model, backend, precision or batch size replaces it.
     """
     global _classifier, _classifier_loads
-    key = dataclasses.replace(settings, smoothing="", min_snr=0.0, xic=())
+    key = dataclasses.replace(settings, smoothing="", min_snr=0.0, preset="", xic=())
     with _classifier_lock:
         if _classifier is not None and _classifier[0] == key:
             return _classifier[1]
@@ -263,7 +264,7 @@ def _scan_work(settings: Settings, feature_spec):
     from ionstream.processing import ScanWork
 
     cached = getattr(_local, "work", None)
-    key = (settings.dsp_params["smoothing"], settings.min_snr, settings.xic, feature_spec)
+    key = (settings.smoothing, settings.min_snr, settings.preset, settings.xic, feature_spec)
     if cached is None or cached[0] != key:
         work = ScanWork(dsp_params=settings.dsp_params, xic_windows=[tuple(w) for w in settings.xic],
                         feature_spec=feature_spec)

@@ -183,7 +183,7 @@ class TestNoiseWhiteness:
     def test_real_ft_profiles_are_not_white(self):
         from pathlib import Path
 
-        from ionstream import mzml
+        from ionstream.offline import mzml
 
         data = Path(__file__).parent / "data"
         for name in ("small_ltqft.mzML", "openms_ftms.mzML"):

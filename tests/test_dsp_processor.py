@@ -378,7 +378,7 @@ class TestProminenceIsNotTheThreshold:
         found at min_snr=1 and gone at min_snr=3 or 5 (tests/data/README.md has the file)."""
         from pathlib import Path
 
-        from ionstream import mzml
+        from ionstream.offline import mzml
 
         data = Path(__file__).parent / "data" / "small_ltqft.mzML"
         s = next(x for x in mzml.read_mzml_spectra(data) if not x.centroided and x.scan == 1)

@@ -33,7 +33,7 @@ HELP = "whole pipeline throughput and latency vs a naive composition (simulator;
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=65536, help="samples per scan (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per pipeline run (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="DSP workers (0 = cores - 1)")
+    parser.add_argument("--workers", type=int, default=0, help="DSP workers (0 = the default: usable cores - 1, at most 8)")
     parser.add_argument("--naive-scans", type=int, default=150, help="scans for the naive baseline")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "auto", "tensorrt", "torch"),
                         help="classifier backend (default %(default)s); any other is also compared with "

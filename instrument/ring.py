@@ -139,16 +139,31 @@ class RingStats:
 
 
 class RingReader:
-    """One consumer's cursor. Only the owning thread may call get()/release()."""
+    """One consumer's cursor. Only the owning thread may call get()/release().
 
-    def __init__(self, ring: "RingBuffer", name: str, oversize: bool = False):
+    A *strided* reader (``stride`` N > 1, ``offset`` w) takes only the ring indices ``k`` with
+    ``k % N == w``: the other indices are none of its business, so its cursor jumps N at a
+    time, the producer wakes it only for its own indices (one wake-up per frame for N DSP
+    workers, not N), and ``dropped`` counts only its own indices that were overwritten.
+    """
+
+    def __init__(self, ring: "RingBuffer", name: str, oversize: bool = False, *, stride: int = 1, offset: int = 0):
+        if stride < 1 or not 0 <= offset < stride:
+            raise ValueError(f"ring reader {name}: need stride >= 1 and 0 <= offset < stride, "
+                             f"got stride {stride}, offset {offset}")
         self.ring = ring
         self.name = name
         self.oversize = oversize  # also gets frames larger than a slot (the recorder)
-        self._cursor = ring._head  # a new reader starts at the present
+        self.stride = stride
+        self.offset = offset
+        self._cursor = self._own_at_or_after(ring._head)  # a new reader starts at the present
         self._held: int | None = None
         self._ready = threading.Event()
-        self.dropped = 0  # frames overwritten before this reader got to them
+        self.dropped = 0  # own frames overwritten before this reader got to them
+
+    def _own_at_or_after(self, k: int) -> int:
+        """The first ring index >= k that this reader takes."""
+        return k + (self.offset - k) % self.stride
 
     @property
     def cursor(self) -> int:
@@ -158,7 +173,7 @@ class RingReader:
     @property
     def lag(self) -> int:
         """Frames written but not yet read by this reader."""
-        return self.ring._head - self._cursor
+        return max(0, -(-(self.ring._head - self._cursor) // self.stride))
 
     def get(self, timeout: float | None = None) -> Slot | None:
         """The next slot, held until release(); None on timeout or when the ring is closed and drained."""
@@ -176,8 +191,8 @@ class RingReader:
                     return slot
                 # Overwritten (drop-oldest) or being overwritten: skip to the oldest still present.
                 self._held = None
-                newest_kept = max(k + 1, ring._head - ring.capacity)
-                self.dropped += newest_kept - k
+                newest_kept = self._own_at_or_after(max(k + 1, ring._head - ring.capacity))
+                self.dropped += (newest_kept - k) // self.stride
                 self._cursor = newest_kept
                 continue
             if ring._closed:
@@ -192,7 +207,7 @@ class RingReader:
 
     def _skip_oversize(self, k: int) -> None:
         self._held = None
-        self._cursor = k + 1
+        self._cursor = k + self.stride
         if self.ring._producer_waiting:
             self.ring._space.set()
 
@@ -200,7 +215,7 @@ class RingReader:
         """Give the held slot back to the producer."""
         if self._held is None:
             return
-        self._cursor = self._held + 1
+        self._cursor = self._held + self.stride
         self._held = None
         if self.ring._producer_waiting:
             self.ring._space.set()
@@ -240,10 +255,11 @@ class RingBuffer:
         self.stats = RingStats()
 
     # ---- readers -------------------------------------------------------------
-    def add_reader(self, name: str, *, oversize: bool = False) -> RingReader:
+    def add_reader(self, name: str, *, oversize: bool = False, stride: int = 1, offset: int = 0) -> RingReader:
         """A new cursor starting at the present. ``oversize``: also get frames larger than a
-        slot (the recorder: whatever was received is recorded); others never see them."""
-        reader = RingReader(self, name, oversize)
+        slot (the recorder: whatever was received is recorded); others never see them.
+        ``stride``/``offset``: take only indices ``k % stride == offset`` (see RingReader)."""
+        reader = RingReader(self, name, oversize, stride=stride, offset=offset)
         self._readers = self._readers + (reader,)  # replaced whole: the producer iterates a snapshot
         return reader
 
@@ -257,7 +273,7 @@ class RingBuffer:
         readers = self._readers
         if not readers:
             return 0.0
-        return min(1.0, max(self._head - r._cursor for r in readers) / self.capacity)
+        return min(1.0, max(0, max(self._head - r._cursor for r in readers)) / self.capacity)
 
     # ---- producer ------------------------------------------------------------
     def put(self, header: FrameHeader, frame: memoryview | bytes, host_time_ns: int,
@@ -305,7 +321,8 @@ class RingBuffer:
         self._head = h + 1
         self.stats.written += 1
         for r in readers:
-            r._ready.set()
+            if r.stride == 1 or (h - r.offset) % r.stride == 0:  # wake only the reader(s) of index h
+                r._ready.set()
         return True
 
     # ---- oversize frames (producer only) ------------------------------------------------
@@ -407,9 +424,14 @@ class DropLog:
                 "busy": st.dropped_busy, "overwritten": self._overwritten(), "closed": st.dropped_closed}
 
     def _overwritten(self) -> int:
-        # Every reader sees every frame, so readers that fell behind together (the DSP workers)
-        # lost the same frames: the largest count is the number of frames lost.
-        return max((r.dropped for r in self.ring._readers), default=self._logged["overwritten"])
+        # A plain reader sees every frame, so plain readers that fell behind together lost the
+        # same frames: the largest count is the number lost. Strided readers (the DSP workers)
+        # each lose only their own indices: together they lost the sum.
+        readers = self.ring._readers
+        if not readers:
+            return self._logged["overwritten"]
+        plain = max((r.dropped for r in readers if r.stride == 1), default=0)
+        return max(plain, sum(r.dropped for r in readers if r.stride > 1))
 
     def check(self, *, final: bool = False) -> None:
         """Write the lines that are due (``final``: every pending count, whatever the interval)."""

@@ -80,13 +80,16 @@ class Slot:
     __slots__ = ("index", "stamp", "raw", "own_raw", "oversize", "nbytes", "header", "host_time_ns",
                  "host_mono_ns")
 
-    def __init__(self, index: int, slot_bytes: int):
+    def __init__(self, index: int, slot_bytes: int, buffer: np.ndarray | None = None):
+        """``buffer``: the slot's bytes (64-byte aligned, e.g. in shared memory); default: its own."""
         self.index = index
         self.stamp = _EMPTY
-        # 64-byte aligned so the payload (at HEADER_SIZE = 80) is 16-byte aligned for SIMD.
-        buf = np.empty(slot_bytes + 64, dtype=np.uint8)
-        offset = (-buf.ctypes.data) % 64
-        self.own_raw = buf[offset:offset + slot_bytes]
+        if buffer is None:
+            # 64-byte aligned so the payload (at HEADER_SIZE = 80) is 16-byte aligned for SIMD.
+            buf = np.empty(slot_bytes + 64, dtype=np.uint8)
+            offset = (-buf.ctypes.data) % 64
+            buffer = buf[offset:offset + slot_bytes]
+        self.own_raw = buffer
         self.raw = self.own_raw     # or, while ``oversize``, a buffer allocated for one frame
         self.oversize = False       # holds a frame larger than a slot: only oversize readers see it
         self.nbytes = 0
@@ -231,10 +234,12 @@ class RingBuffer:
 
     def __init__(self, slots: int = 256, slot_bytes: int = 1 << 18,
                  policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST, *,
-                 oversize_bytes: int | None = None):
+                 oversize_bytes: int | None = None, shared: bool = False):
         """``slots`` frames of up to ``slot_bytes`` bytes each, preallocated. Larger frames go to
         oversize readers only, in buffers of at most ``oversize_bytes`` together (bytes; default
-        8 x ``slot_bytes``)."""
+        8 x ``slot_bytes``). ``shared``: the slots live in one shared-memory segment
+        (``self.shared``, :mod:`instrument.shm_ring`) that other processes can map; the owner
+        calls :meth:`free` when every reader is done."""
         if slots < 2:
             raise ValueError(f"ring slots must be >= 2, got {slots}")
         if slot_bytes < HEADER_SIZE + 4:
@@ -246,7 +251,14 @@ class RingBuffer:
         self.oversize_bytes = 8 * slot_bytes if oversize_bytes is None else oversize_bytes
         self._side: list[Slot] = []  # slots holding an oversize frame's own buffer (producer only)
         self.policy = OverflowPolicy(policy)
-        self._slots = [Slot(i, slot_bytes) for i in range(slots)]
+        self.shared = None
+        if shared:
+            from instrument.shm_ring import SharedSlots
+
+            self.shared = SharedSlots.create(slots, slot_bytes)
+            self._slots = [Slot(i, slot_bytes, view) for i, view in enumerate(self.shared.views)]
+        else:
+            self._slots = [Slot(i, slot_bytes) for i in range(slots)]
         self._head = 0
         self._readers: tuple[RingReader, ...] = ()
         self._closed = False
@@ -383,6 +395,11 @@ class RingBuffer:
         for r in self._readers:
             r._ready.set()
         self._space.set()
+
+    def free(self) -> None:
+        """Unlink the shared-memory segment, if any (after close() and every reader's end)."""
+        if self.shared is not None:
+            self.shared.unlink()
 
     @property
     def head(self) -> int:

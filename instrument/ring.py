@@ -80,13 +80,16 @@ class Slot:
     __slots__ = ("index", "stamp", "raw", "own_raw", "oversize", "nbytes", "header", "host_time_ns",
                  "host_mono_ns")
 
-    def __init__(self, index: int, slot_bytes: int):
+    def __init__(self, index: int, slot_bytes: int, buffer: np.ndarray | None = None):
+        """``buffer``: the slot's bytes (64-byte aligned, e.g. in shared memory); default: its own."""
         self.index = index
         self.stamp = _EMPTY
-        # 64-byte aligned so the payload (at HEADER_SIZE = 80) is 16-byte aligned for SIMD.
-        buf = np.empty(slot_bytes + 64, dtype=np.uint8)
-        offset = (-buf.ctypes.data) % 64
-        self.own_raw = buf[offset:offset + slot_bytes]
+        if buffer is None:
+            # 64-byte aligned so the payload (at HEADER_SIZE = 80) is 16-byte aligned for SIMD.
+            buf = np.empty(slot_bytes + 64, dtype=np.uint8)
+            offset = (-buf.ctypes.data) % 64
+            buffer = buf[offset:offset + slot_bytes]
+        self.own_raw = buffer
         self.raw = self.own_raw     # or, while ``oversize``, a buffer allocated for one frame
         self.oversize = False       # holds a frame larger than a slot: only oversize readers see it
         self.nbytes = 0
@@ -139,16 +142,31 @@ class RingStats:
 
 
 class RingReader:
-    """One consumer's cursor. Only the owning thread may call get()/release()."""
+    """One consumer's cursor. Only the owning thread may call get()/release().
 
-    def __init__(self, ring: "RingBuffer", name: str, oversize: bool = False):
+    A *strided* reader (``stride`` N > 1, ``offset`` w) takes only the ring indices ``k`` with
+    ``k % N == w``: the other indices are none of its business, so its cursor jumps N at a
+    time, the producer wakes it only for its own indices (one wake-up per frame for N DSP
+    workers, not N), and ``dropped`` counts only its own indices that were overwritten.
+    """
+
+    def __init__(self, ring: "RingBuffer", name: str, oversize: bool = False, *, stride: int = 1, offset: int = 0):
+        if stride < 1 or not 0 <= offset < stride:
+            raise ValueError(f"ring reader {name}: need stride >= 1 and 0 <= offset < stride, "
+                             f"got stride {stride}, offset {offset}")
         self.ring = ring
         self.name = name
         self.oversize = oversize  # also gets frames larger than a slot (the recorder)
-        self._cursor = ring._head  # a new reader starts at the present
+        self.stride = stride
+        self.offset = offset
+        self._cursor = self._own_at_or_after(ring._head)  # a new reader starts at the present
         self._held: int | None = None
         self._ready = threading.Event()
-        self.dropped = 0  # frames overwritten before this reader got to them
+        self.dropped = 0  # own frames overwritten before this reader got to them
+
+    def _own_at_or_after(self, k: int) -> int:
+        """The first ring index >= k that this reader takes."""
+        return k + (self.offset - k) % self.stride
 
     @property
     def cursor(self) -> int:
@@ -158,7 +176,7 @@ class RingReader:
     @property
     def lag(self) -> int:
         """Frames written but not yet read by this reader."""
-        return self.ring._head - self._cursor
+        return max(0, -(-(self.ring._head - self._cursor) // self.stride))
 
     def get(self, timeout: float | None = None) -> Slot | None:
         """The next slot, held until release(); None on timeout or when the ring is closed and drained."""
@@ -176,8 +194,8 @@ class RingReader:
                     return slot
                 # Overwritten (drop-oldest) or being overwritten: skip to the oldest still present.
                 self._held = None
-                newest_kept = max(k + 1, ring._head - ring.capacity)
-                self.dropped += newest_kept - k
+                newest_kept = self._own_at_or_after(max(k + 1, ring._head - ring.capacity))
+                self.dropped += (newest_kept - k) // self.stride
                 self._cursor = newest_kept
                 continue
             if ring._closed:
@@ -192,7 +210,7 @@ class RingReader:
 
     def _skip_oversize(self, k: int) -> None:
         self._held = None
-        self._cursor = k + 1
+        self._cursor = k + self.stride
         if self.ring._producer_waiting:
             self.ring._space.set()
 
@@ -200,7 +218,7 @@ class RingReader:
         """Give the held slot back to the producer."""
         if self._held is None:
             return
-        self._cursor = self._held + 1
+        self._cursor = self._held + self.stride
         self._held = None
         if self.ring._producer_waiting:
             self.ring._space.set()
@@ -216,10 +234,12 @@ class RingBuffer:
 
     def __init__(self, slots: int = 256, slot_bytes: int = 1 << 18,
                  policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST, *,
-                 oversize_bytes: int | None = None):
+                 oversize_bytes: int | None = None, shared: bool = False):
         """``slots`` frames of up to ``slot_bytes`` bytes each, preallocated. Larger frames go to
         oversize readers only, in buffers of at most ``oversize_bytes`` together (bytes; default
-        8 x ``slot_bytes``)."""
+        8 x ``slot_bytes``). ``shared``: the slots live in one shared-memory segment
+        (``self.shared``, :mod:`instrument.shm_ring`) that other processes can map; the owner
+        calls :meth:`free` when every reader is done."""
         if slots < 2:
             raise ValueError(f"ring slots must be >= 2, got {slots}")
         if slot_bytes < HEADER_SIZE + 4:
@@ -231,7 +251,14 @@ class RingBuffer:
         self.oversize_bytes = 8 * slot_bytes if oversize_bytes is None else oversize_bytes
         self._side: list[Slot] = []  # slots holding an oversize frame's own buffer (producer only)
         self.policy = OverflowPolicy(policy)
-        self._slots = [Slot(i, slot_bytes) for i in range(slots)]
+        self.shared = None
+        if shared:
+            from instrument.shm_ring import SharedSlots
+
+            self.shared = SharedSlots.create(slots, slot_bytes)
+            self._slots = [Slot(i, slot_bytes, view) for i, view in enumerate(self.shared.views)]
+        else:
+            self._slots = [Slot(i, slot_bytes) for i in range(slots)]
         self._head = 0
         self._readers: tuple[RingReader, ...] = ()
         self._closed = False
@@ -240,10 +267,11 @@ class RingBuffer:
         self.stats = RingStats()
 
     # ---- readers -------------------------------------------------------------
-    def add_reader(self, name: str, *, oversize: bool = False) -> RingReader:
+    def add_reader(self, name: str, *, oversize: bool = False, stride: int = 1, offset: int = 0) -> RingReader:
         """A new cursor starting at the present. ``oversize``: also get frames larger than a
-        slot (the recorder: whatever was received is recorded); others never see them."""
-        reader = RingReader(self, name, oversize)
+        slot (the recorder: whatever was received is recorded); others never see them.
+        ``stride``/``offset``: take only indices ``k % stride == offset`` (see RingReader)."""
+        reader = RingReader(self, name, oversize, stride=stride, offset=offset)
         self._readers = self._readers + (reader,)  # replaced whole: the producer iterates a snapshot
         return reader
 
@@ -257,7 +285,7 @@ class RingBuffer:
         readers = self._readers
         if not readers:
             return 0.0
-        return min(1.0, max(self._head - r._cursor for r in readers) / self.capacity)
+        return min(1.0, max(0, max(self._head - r._cursor for r in readers)) / self.capacity)
 
     # ---- producer ------------------------------------------------------------
     def put(self, header: FrameHeader, frame: memoryview | bytes, host_time_ns: int,
@@ -305,7 +333,8 @@ class RingBuffer:
         self._head = h + 1
         self.stats.written += 1
         for r in readers:
-            r._ready.set()
+            if r.stride == 1 or (h - r.offset) % r.stride == 0:  # wake only the reader(s) of index h
+                r._ready.set()
         return True
 
     # ---- oversize frames (producer only) ------------------------------------------------
@@ -367,6 +396,11 @@ class RingBuffer:
             r._ready.set()
         self._space.set()
 
+    def free(self) -> None:
+        """Unlink the shared-memory segment, if any (after close() and every reader's end)."""
+        if self.shared is not None:
+            self.shared.unlink()
+
     @property
     def head(self) -> int:
         """The ring index the next put() will write (the number of frames ever put)."""
@@ -407,9 +441,14 @@ class DropLog:
                 "busy": st.dropped_busy, "overwritten": self._overwritten(), "closed": st.dropped_closed}
 
     def _overwritten(self) -> int:
-        # Every reader sees every frame, so readers that fell behind together (the DSP workers)
-        # lost the same frames: the largest count is the number of frames lost.
-        return max((r.dropped for r in self.ring._readers), default=self._logged["overwritten"])
+        # A plain reader sees every frame, so plain readers that fell behind together lost the
+        # same frames: the largest count is the number lost. Strided readers (the DSP workers)
+        # each lose only their own indices: together they lost the sum.
+        readers = self.ring._readers
+        if not readers:
+            return self._logged["overwritten"]
+        plain = max((r.dropped for r in readers if r.stride == 1), default=0)
+        return max(plain, sum(r.dropped for r in readers if r.stride > 1))
 
     def check(self, *, final: bool = False) -> None:
         """Write the lines that are due (``final``: every pending count, whatever the interval)."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ionstream.cores import default_dsp_workers
+
 
 class ConfigError(ValueError):
     """One or more configuration problems; ``problems`` lists them as "key: message"."""
@@ -71,7 +73,8 @@ class CaptureConfig:
 
 @dataclass
 class DspConfig:
-    workers: int = _f(0, "DSP worker threads; 0 = cores - 1 (at least 1)", min=0)
+    workers: int = _f(0, "DSP workers; 0 = usable cores - 1 (CPU affinity and cgroup quota), at least 1, "
+                      "at most 8", min=0)
     smoothing: str = _f("savgol", "smoothing along m/z: savgol, gaussian or none",
                         choices=("savgol", "gaussian", "none"))
     min_snr: float = _f(3.0, "peaks below this signal-to-noise are not reported", min=0.0)
@@ -143,7 +146,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def dsp_workers(self) -> int:
-        return self.dsp.workers or max(1, (os.cpu_count() or 2) - 1)
+        """Workers to start: ``dsp.workers``, or if 0 the default from the cores this process may
+        use (:func:`ionstream.cores.default_dsp_workers`)."""
+        return self.dsp.workers or default_dsp_workers()
 
 
 SECTIONS: dict[str, type] = {

@@ -8,6 +8,18 @@
 3. Naive composition of the same steps in one thread, on the same scans: SciPy
    Savitzky-Golay + find_peaks(prominence, width) + feature vector + one ONNX Runtime call
    per scan + pickle over a ZeroMQ PUSH socket.
+The simulator runs in a process of its own (:mod:`ionstream.benchmarks.feeder`) and feeds the
+pipeline over TCP, so the figures are the pipeline's, not the pipeline's plus the simulator's
+(``--in-process-simulator`` puts it back in the pipeline's process, for comparison).
+
+``--scaling`` repeats 1 and 2 for 1, 2, 4, ... DSP workers up to cores - 1 (or ``--scaling-workers``):
+``scaling`` = [{workers, scans_per_s, p99_latency_ms_half_load}], ``scans_per_s_max``,
+``workers_at_max``, ``scaling_efficiency`` (scans/s at the max / (workers there x scans/s with
+1 worker)) and ``cores`` (usable cores: affinity and cgroup quota). ``--samples 4096,65536,...``
+(more than one size) adds a sweep of step 1 at each size: ``samples_sweep`` = [{samples,
+scans_per_s, cpu_cores_used, ns_per_sample_per_core}] (CPU ns of the pipeline's process per
+sample; flat across sizes if the cost is linear in samples).
+
 Per-stage figures say where the time goes: CPU per scan of each stage's threads (Linux), DSP
 busy time per scan (wall, GIL waits included), inference per batch.
 
@@ -31,21 +43,48 @@ HELP = "whole pipeline throughput and latency vs a naive composition (simulator;
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=65536, help="samples per scan (default %(default)s)")
+    parser.add_argument("--samples", type=_int_list, default=[65536], metavar="N[,N...]",
+                        help="samples per scan (default 65536); several (4096,65536,1048576) add a sweep")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds per pipeline run (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=0, help="DSP workers (0 = cores - 1)")
+    parser.add_argument("--workers", type=int, default=0, help="DSP workers (0 = the default: usable cores - 1, at most 8)")
     parser.add_argument("--naive-scans", type=int, default=150, help="scans for the naive baseline")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "auto", "tensorrt", "torch"),
                         help="classifier backend (default %(default)s); any other is also compared with "
                              "onnxruntime in the same run")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also run 1, 2, 4, ... DSP workers up to cores - 1 (the scaling table)")
+    parser.add_argument("--scaling-workers", type=_int_list, default=None, metavar="W[,W...]",
+                        help="worker counts for --scaling (default 1, 2, 4, ... up to cores - 1)")
+    parser.add_argument("--in-process-simulator", action="store_true",
+                        help="run the simulator in the pipeline's process (sim://) instead of a feeder process")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def scaling_workers(cores: int) -> list[int]:
+    """1, 2, 4, ... below ``cores``, and cores - 1 itself (at least [1])."""
+    top = max(1, cores - 1)
+    counts = [w for w in (1 << i for i in range(12)) if w < top]
+    return counts + [top]
 
 
 def _config(samples: int, rate: float, workers: int, backend: str = "onnxruntime") -> Config:
     config = Config()
     # repeat: the instrument renders its spectra on its own hardware, not on the pipeline's cores
-    config.source.url = f"sim://?rate={rate:g}&samples={samples}&seed=3&repeat=64"
+    repeat = 64 if samples <= (1 << 18) else 8  # rendering 1 M points takes a while
+    config.source.url = f"sim://?rate={rate:g}&samples={samples}&seed=3&repeat={repeat}"
     config.ring.policy = "block"
     config.ring.max_samples = samples
+    # at most ~512 MiB of 16-bit scans in the ring (256 slots of 1 M points would be 512 MiB alone)
+    config.ring.slots = max(16, min(config.ring.slots, (512 << 20) // (2 * samples)))
     config.dsp.workers = workers
     config.inference.backend = backend
     config.publish.endpoint = "inproc://bench-e2e"
@@ -122,7 +161,26 @@ def _pipeline_class(constant: bool):
     return FloorPipeline
 
 
-def _run_pipeline(config: Config, seconds: float, progress, constant: bool = False) -> dict:
+def _run_pipeline(config: Config, seconds: float, progress, constant: bool = False,
+                  in_process: bool = False) -> dict:
+    """Run the pipeline on ``config.source.url`` (a ``sim://`` URL), served by a feeder process
+    unless ``in_process``; the figures of ``seconds`` after a warm-up."""
+    if in_process:
+        return _measure(config, seconds, progress, constant)
+    from ionstream.benchmarks.feeder import start_feeder
+
+    sim_url = config.source.url
+    feeder = start_feeder(sim_url)
+    try:
+        config.source.url = feeder.url
+        result = _measure(config, seconds, progress, constant)
+    finally:
+        config.source.url = sim_url
+        feeder.stop()
+    return result
+
+
+def _measure(config: Config, seconds: float, progress, constant: bool) -> dict:
     pipeline = _pipeline_class(constant)(config).start()
     time.sleep(min(2.0, seconds / 4))  # warm-up: sessions, caches, first batches
     s0 = pipeline.snapshot()
@@ -200,13 +258,61 @@ def _naive(samples: int, n_scans: int, progress) -> float:
     return rate
 
 
-def run(args: argparse.Namespace, progress) -> dict:
-    backend = getattr(args, "backend", "onnxruntime")
-    progress(f"max sustained rate, {backend} (ring policy block: the simulator waits for the pipeline)")
-    full = _run_pipeline(_config(args.samples, 0, args.workers, backend), args.seconds, progress)
+def _full_and_half(args: argparse.Namespace, samples: int, workers: int, backend: str, progress) -> tuple[dict, dict]:
+    """Step 1 (max sustained rate) and step 2 (half that rate) for one configuration."""
+    inproc = args.in_process_simulator
+    progress(f"max sustained rate, {backend}, {workers or 'default'} DSP worker(s) "
+             "(ring policy block: the simulator waits for the pipeline)")
+    full = _run_pipeline(_config(samples, 0, workers, backend), args.seconds, progress, in_process=inproc)
     half_rate = max(1.0, full["scans_per_s"] / 2)
     progress(f"half load: {half_rate:.0f} scans/s")
-    half = _run_pipeline(_config(args.samples, half_rate, args.workers, backend), args.seconds, progress)
+    half = _run_pipeline(_config(samples, half_rate, workers, backend), args.seconds, progress, in_process=inproc)
+    return full, half
+
+
+def _scaling(args: argparse.Namespace, samples: int, backend: str, progress) -> dict:
+    """The scaling table: steps 1 and 2 at each worker count (see the module docstring)."""
+    from ionstream.cores import usable_cores
+
+    cores = usable_cores()
+    rows = []
+    for workers in args.scaling_workers or scaling_workers(cores):
+        full, half = _full_and_half(args, samples, workers, backend, progress)
+        rows.append({"workers": full["dsp_workers"], "scans_per_s": full["scans_per_s"],
+                     "p99_latency_ms_half_load": half["latency_p99_ms"], "drops": full["drops"] + half["drops"],
+                     "cpu_cores_used": full["cpu_cores_used"]})
+    best = max(rows, key=lambda r: r["scans_per_s"])
+    one = next((r["scans_per_s"] for r in rows if r["workers"] == 1), float("nan"))
+    return {"scaling": rows, "scans_per_s_max": best["scans_per_s"], "workers_at_max": best["workers"],
+            "scaling_efficiency": best["scans_per_s"] / (best["workers"] * one), "cores": cores}
+
+
+def _samples_sweep(args: argparse.Namespace, backend: str, progress) -> dict:
+    """Step 1 at each size of ``--samples``: CPU ns per sample per core (flat = linear cost)."""
+    rows = []
+    for samples in args.samples:
+        full = _run_pipeline(_config(samples, 0, args.workers, backend), args.seconds, progress,
+                             in_process=args.in_process_simulator)
+        rate = full["scans_per_s"]
+        rows.append({"samples": samples, "scans_per_s": rate, "cpu_cores_used": full["cpu_cores_used"],
+                     "drops": full["drops"],
+                     "ns_per_sample_per_core": full["cpu_cores_used"] * 1e9 / max(1e-9, rate * samples)})
+    costs = [r["ns_per_sample_per_core"] for r in rows]
+    return {"samples_sweep": rows, "ns_per_sample_per_core_spread": max(costs) / max(1e-12, min(costs))}
+
+
+def run(args: argparse.Namespace, progress) -> dict:
+    backend = getattr(args, "backend", "onnxruntime")
+    sizes = args.samples if isinstance(args.samples, list) else [args.samples]
+    args.samples = sizes
+    samples = 65536 if 65536 in sizes else sizes[0]  # the main figures are at 64 k if the sweep has it
+    extra = {}
+    if getattr(args, "scaling", False):
+        extra.update(_scaling(args, samples, backend, progress))
+    if len(sizes) > 1:
+        extra.update(_samples_sweep(args, backend, progress))
+    full, half = _full_and_half(args, samples, args.workers, backend, progress)
+    args.samples = samples  # the rest below is at one size
     compare = {}
     if backend != "onnxruntime":
         progress("max sustained rate, onnxruntime CPU (the comparison)")
@@ -232,6 +338,8 @@ def run(args: argparse.Namespace, progress) -> dict:
         "half_load_scans_per_s": half["scans_per_s"],
         "drops": full["drops"] + half["drops"],
         "samples_per_scan": args.samples,
+        "simulator": "in process" if args.in_process_simulator else "feeder process over TCP",
+        **extra,
         "stage_dsp_ms_per_scan": full["dsp_ms_per_scan"],
         "stage_dsp_workers": full["dsp_workers"],
         "stage_infer_batch_ms_p50": full["infer_batch_ms_p50"],

@@ -1,9 +1,10 @@
 """Pipeline stages between the ring and the publisher: DSP workers and the in-order sequencer.
 
-DSP workers are ring readers. Worker ``w`` of ``N`` processes ring index ``k`` when
-``k % N == w`` and releases the others at once, so frames are distributed without a
-dispatcher thread and without copies, and which worker handles a frame depends only on
-its ring index, never on timing.
+DSP workers are strided ring readers: worker ``w`` of ``N`` reads only ring indices ``k``
+with ``k % N == w`` (``RingBuffer.add_reader(stride=N, offset=w)``), and the producer wakes
+only that worker for ``k``. So frames are distributed without a dispatcher thread, without
+copies and with one wake-up per frame, and which worker handles a frame depends only on its
+ring index, never on timing.
 
 Each worker pushes its results to one queue and then advances its *watermark* (the next
 ring index it may still produce). The sequencer emits index ``k`` when its result has
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from instrument.frames import FrameType
-from instrument.ring import RingBuffer, Slot
+from instrument.ring import RingBuffer, RingReader, Slot
 
 log = logging.getLogger("ionstream.daemon.stages")
 
@@ -61,18 +62,22 @@ class DspWorkers:
         self.busy_ns = [0] * n_workers
         self.restarts = 0
         self.failures: list[str | None] = [None] * n_workers   # why worker w last died
-        self._readers = [ring.add_reader(f"dsp{w}") for w in range(n_workers)]
-        self.watermarks = [self._readers[0].cursor] * n_workers
+        start = ring.head
+        self._readers = [self._reader(w) for w in range(n_workers)]
+        self.watermarks = [start] * n_workers
         self._threads = [self._thread(w) for w in range(n_workers)]
         self._started = False
+
+    def _reader(self, w: int) -> RingReader:
+        return self._ring.add_reader(f"dsp{w}", stride=self.n, offset=w)
 
     def _thread(self, w: int) -> threading.Thread:
         return threading.Thread(target=self._run, args=(w, self._make_processor()), name=f"dsp{w}", daemon=True)
 
     @property
     def dropped(self) -> int:
-        """Frames the ring overwrote before the DSP stage got to them (counted once)."""
-        return max(r.dropped for r in self._readers)
+        """Frames the ring overwrote before the DSP stage got to them (each worker counts its own)."""
+        return sum(r.dropped for r in self._readers)
 
     @property
     def alive(self) -> bool:
@@ -120,7 +125,7 @@ class DspWorkers:
         for w, t in enumerate(self._threads):
             if t.is_alive() or self.failures[w] is None:
                 continue
-            reader = self._ring.add_reader(f"dsp{w}")
+            reader = self._reader(w)
             self._readers[w] = reader
             self.watermarks[w] = max(self.watermarks[w], reader.cursor)
             self._threads[w] = self._thread(w)
@@ -131,7 +136,7 @@ class DspWorkers:
         return restarted
 
     def _run(self, w: int, process: Callable[[Slot], Any]) -> None:
-        reader, n, out = self._readers[w], self.n, self._out
+        reader, out = self._readers[w], self._out
         self.failures[w] = None
         try:
             while not self._stop.is_set():
@@ -140,10 +145,7 @@ class DspWorkers:
                     if reader.ring.closed:
                         break
                     continue
-                k = slot.stamp
-                if k % n != w:
-                    reader.release()
-                    continue
+                k = slot.stamp  # k % n == w: the reader is strided
                 try:
                     result = self._process_one(k, slot, process, w)
                 finally:

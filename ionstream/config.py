@@ -74,7 +74,7 @@ class CaptureConfig:
 @dataclass
 class DspConfig:
     workers: int = _f(0, "DSP workers; 0 = usable cores - 1 (CPU affinity and cgroup quota), at least 1, "
-                      "at most 8", min=0)
+                      "at most 2 (thread workers stop scaling there; docs/operations.md)", min=0)
     smoothing: str = _f("savgol", "smoothing along m/z: savgol, gaussian or none",
                         choices=("savgol", "gaussian", "none"))
     min_snr: float = _f(3.0, "peaks below this signal-to-noise are not reported", min=0.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_CPU_DIR = Path("/sys/fs/cgroup/cpu")
-MAX_DEFAULT_WORKERS = 8   # beyond this one sequencer/publisher is the limit, not DSP (docs/operations.md)
+MAX_DEFAULT_WORKERS = 2   # measured: thread workers stop scaling at 2 on 16 cores (docs/operations.md); the cap rises with the processes mode
 
 
 def _affinity_cores() -> int:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dsp import pick_centroids
-from ionstream.offline import mzml
+from ionstream.offline.peaks import pick_peaks
+from ionstream.offline.spectra import MzMLError, read_mzml_spectra
 
 pytest.importorskip("pyopenms")
 pytest.importorskip("pyteomics")
@@ -22,7 +23,7 @@ REAL = {
 
 
 def _profiles(name, scans):
-    for s in mzml.read_mzml_spectra(DATA / name):
+    for s in read_mzml_spectra(DATA / name):
         if not s.centroided and s.ms_level == 1 and (scans is None or s.scan in scans):
             yield s
 
@@ -79,23 +80,23 @@ class TestSpectrumType:
     def test_centroided_file_without_a_type_term_is_not_repicked(self, tmp_path):
         # OpenMS's LCMS-centroided example states no spectrum type: 112 spectra of 17-33 sticks.
         # Read as profile, `ionstream peaks` turned its 3,084 sticks into 90 "peaks".
-        spectra = list(mzml.read_mzml_spectra(DATA / "openms_lcms_centroided.mzML"))
+        spectra = list(read_mzml_spectra(DATA / "openms_lcms_centroided.mzML"))
         assert len(spectra) == 112
         assert all(s.centroided and s.type_source == "estimated" for s in spectra)
-        summary = mzml.pick_peaks(DATA / "openms_lcms_centroided.mzML", tmp_path / "p.csv")
+        summary = pick_peaks(DATA / "openms_lcms_centroided.mzML", tmp_path / "p.csv")
         assert summary.skipped_centroided == 112 and summary.estimated_centroided == 112
         assert summary.peaks == sum(s.mz.size for s in spectra) == 3084
 
     @pytest.mark.parametrize("name", ["openms_orbitrap.mzML", "openms_ftms.mzML", "openms_tof_maldi.mzML"])
     def test_profiles_stay_profile(self, name):
-        for s in mzml.read_mzml_spectra(DATA / name):
+        for s in read_mzml_spectra(DATA / name):
             assert not s.centroided
 
     def test_declared_types_win_and_override(self):
-        got = [(s.centroided, s.type_source) for s in mzml.read_mzml_spectra(DATA / "small_ltqft.mzML")]
+        got = [(s.centroided, s.type_source) for s in read_mzml_spectra(DATA / "small_ltqft.mzML")]
         assert got == [(False, "declared")] * 2 + [(True, "declared")] * 5
-        forced = [s.centroided for s in mzml.read_mzml_spectra(DATA / "openms_lcms_centroided.mzML",
+        forced = [s.centroided for s in read_mzml_spectra(DATA / "openms_lcms_centroided.mzML",
                                                                 spectrum_type="profile")]
         assert not any(forced)
-        with pytest.raises(mzml.MzMLError, match="spectrum type must be one of"):
-            next(mzml.read_mzml_spectra(DATA / "small_ltqft.mzML", spectrum_type="stick"))
+        with pytest.raises(MzMLError, match="spectrum type must be one of"):
+            next(read_mzml_spectra(DATA / "small_ltqft.mzML", spectrum_type="stick"))

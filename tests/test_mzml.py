@@ -23,9 +23,12 @@ from instrument.capture import CaptureReader, CaptureWriter, capture_info  # noq
 from instrument.frames import AxisKind, FrameDecoder, FrameType, Polarity  # noqa: E402
 from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import mz_axis  # noqa: E402
-from ionstream.offline import mzml  # noqa: E402
+from ionstream.offline.export import export_capture  # noqa: E402
+from ionstream.offline.mzml_import import import_mzml  # noqa: E402
+from ionstream.offline.peaks import CSV_COLUMNS, dsp_params_from_config, pick_peaks  # noqa: E402
+from ionstream.offline.spectra import MzMLError, offline_vocabularies  # noqa: E402
 
-mzml.offline_vocabularies()  # pyteomics below loads the CV through psims: never from the internet
+offline_vocabularies()  # pyteomics below loads the CV through psims: never from the internet
 
 DATA = Path(__file__).parent / "data"
 REAL = DATA / "small_ltqft.mzML"
@@ -47,7 +50,7 @@ def _scan_work_error() -> str | None:
     try:
         from ionstream.processing import ScanWork
 
-        ScanWork(dsp_params=mzml.dsp_params_from_config(), xic_windows=[])
+        ScanWork(dsp_params=dsp_params_from_config(), xic_windows=[])
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -132,7 +135,7 @@ class TestExport:
         cap, _ = sim_capture(tmp_path / "run.isc", 30)
         scans = decoded_scans(cap)
         out = tmp_path / "run.mzML"
-        summary = mzml.export_capture(cap, out)
+        summary = export_capture(cap, out)
         assert summary.spectra == len(scans) > 20 and summary.status_frames == 30 - len(scans)
         assert xsd_valid(out)
         t0 = scans[0][0].device_time_ns
@@ -156,8 +159,8 @@ class TestExport:
 
     def test_uncompressed_arrays(self, tmp_path):
         cap, _ = sim_capture(tmp_path / "run.isc", 6)
-        mzml.export_capture(cap, tmp_path / "z.mzML")
-        mzml.export_capture(cap, tmp_path / "n.mzML", compress=False)
+        export_capture(cap, tmp_path / "z.mzML")
+        export_capture(cap, tmp_path / "n.mzML", compress=False)
         assert xsd_valid(tmp_path / "n.mzML")
         names = {p.get("name") for p in etree.parse(str(tmp_path / "n.mzML")).iterfind(".//m:binaryDataArray/m:cvParam", NS)}
         assert "no compression" in names and "zlib compression" not in names
@@ -168,7 +171,7 @@ class TestExport:
     def test_tic_chromatogram_and_metadata(self, tmp_path):
         cap, _ = sim_capture(tmp_path / "run.isc", 12)
         out = tmp_path / "run.mzML"
-        mzml.export_capture(cap, out)
+        export_capture(cap, out)
         with pyteomics_mzml.MzML(str(out)) as reader:
             tic = next(reader.iterfind("chromatogram"))
             n = len(list(reader))
@@ -190,7 +193,7 @@ class TestExport:
     def test_ms2_negative_and_sample_dtypes(self, tmp_path, dtype):
         cap, _ = sim_capture(tmp_path / "n.isc", 8, ms_level=2, polarity="negative", dtype=dtype)
         out = tmp_path / "n.mzML"
-        mzml.export_capture(cap, out)
+        export_capture(cap, out)
         scans = decoded_scans(cap)
         for (h, samples, _), s in zip(scans, pyteomics_mzml.read(str(out))):
             assert s["ms level"] == 2 and "MSn spectrum" in s and "negative scan" in s
@@ -202,7 +205,7 @@ class TestExport:
         with open(cap, "r+b") as f:  # tear the last record, as a crash would
             f.truncate(size - 100)
         out = tmp_path / "d.mzML"
-        summary = mzml.export_capture(cap, out)
+        summary = export_capture(cap, out)
         assert summary.spectra == len(decoded_scans(cap))
         assert len(list(pyteomics_mzml.read(str(out)))) == summary.spectra
 
@@ -212,7 +215,7 @@ class TestExport:
         bad = tmp_path / "x.isc"
         bad.write_bytes(b"hello")
         with pytest.raises(CaptureError, match="not an ionstream capture"):
-            mzml.export_capture(bad, tmp_path / "x.mzML")
+            export_capture(bad, tmp_path / "x.mzML")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["x.isc"]
 
     @needs_scan_work
@@ -221,8 +224,8 @@ class TestExport:
 
         cap, _ = sim_capture(tmp_path / "c.isc", 16, samples=8192)
         out = tmp_path / "c.mzML"
-        params = mzml.dsp_params_from_config()
-        summary = mzml.export_capture(cap, out, centroid=True)
+        params = dsp_params_from_config()
+        summary = export_capture(cap, out, centroid=True)
         assert summary.centroided and summary.peaks > 0 and summary.dsp == params
         work = ScanWork(dsp_params=params, xic_windows=[])
         spectra = list(pyteomics_mzml.read(str(out)))
@@ -246,7 +249,7 @@ class TestImport:
 
     def test_profile_spectra_become_explicit_axis_frames(self, tmp_path):
         cap = tmp_path / "real.isc"
-        summary = mzml.import_mzml(REAL, cap)
+        summary = import_mzml(REAL, cap)
         assert summary.spectra == 2 and summary.skipped_centroided == 5
         assert summary.instrument[0] == "LTQ FT" and summary.run_id == "small"
         info = capture_info(cap)
@@ -271,19 +274,19 @@ class TestImport:
         assert times[0] == 1121885062 * 10**9 + scans[0][0].device_time_ns
 
     def test_centroided_and_ms_level_selection(self, tmp_path):
-        summary = mzml.import_mzml(REAL, tmp_path / "ms2.isc", centroided=True)
+        summary = import_mzml(REAL, tmp_path / "ms2.isc", centroided=True)
         assert summary.spectra == 5 and summary.ms_levels == {2: 5}
         scans = decoded_scans(tmp_path / "ms2.isc")
         assert [h.scan_number for h, _, _ in scans] == [3, 4, 5, 6, 7]
         assert all(h.ms_level == 2 and h.axis_kind == AxisKind.EXPLICIT for h, _, _ in scans)
-        none = mzml.import_mzml(REAL, tmp_path / "none.isc", ms_levels=[2])
+        none = import_mzml(REAL, tmp_path / "none.isc", ms_levels=[2])
         assert none.spectra == 0 and none.skipped_ms_level == 2
 
     def test_replay_plays_the_imported_frames_bit_exactly(self, tmp_path):
         from instrument.sources import EndOfSource, open_source
 
         cap = tmp_path / "real.isc"
-        mzml.import_mzml(REAL, cap)
+        import_mzml(REAL, cap)
         with CaptureReader(cap) as reader:
             recorded = b"".join(bytes(f) for _, f in reader)
         src = open_source(f"replay://{cap}?speed=max")
@@ -308,20 +311,20 @@ class TestImport:
         cap = tmp_path / "real.isc"
         cap.write_bytes(b"precious")
         with pytest.raises(FileExistsError):
-            mzml.import_mzml(REAL, cap)
+            import_mzml(REAL, cap)
         assert cap.read_bytes() == b"precious"
-        mzml.import_mzml(REAL, cap, overwrite=True)
+        import_mzml(REAL, cap, overwrite=True)
         assert capture_info(cap).scans == 2
         assert sorted(p.name for p in tmp_path.iterdir()) == ["real.isc"]  # no temporary left
 
     def test_not_mzml_is_a_clear_error(self, tmp_path):
         bad = tmp_path / "bad.mzML"
         bad.write_text("<notmzml/>")
-        with pytest.raises(mzml.MzMLError, match="no <run> element"):
-            mzml.import_mzml(bad, tmp_path / "x.isc")
+        with pytest.raises(MzMLError, match="no <run> element"):
+            import_mzml(bad, tmp_path / "x.isc")
         bad.write_text("this is not xml")
-        with pytest.raises(mzml.MzMLError, match="not a readable mzML"):
-            mzml.import_mzml(bad, tmp_path / "x.isc")
+        with pytest.raises(MzMLError, match="not a readable mzML"):
+            import_mzml(bad, tmp_path / "x.isc")
         assert not (tmp_path / "x.isc").exists()
 
 
@@ -331,8 +334,8 @@ class TestImport:
 
 def test_mzml_capture_mzml_keeps_arrays_times_ids_and_instrument(tmp_path):
     cap, out = tmp_path / "real.isc", tmp_path / "again.mzML"
-    mzml.import_mzml(REAL, cap)
-    mzml.export_capture(cap, out)
+    import_mzml(REAL, cap)
+    export_capture(cap, out)
     assert xsd_valid(out)
     original = [s for s in pyteomics_mzml.read(str(REAL)) if "profile spectrum" in s]
     again = list(pyteomics_mzml.read(str(out)))
@@ -353,8 +356,8 @@ def test_mzml_capture_mzml_keeps_arrays_times_ids_and_instrument(tmp_path):
 
 def test_capture_mzml_capture_keeps_samples_scan_numbers_and_device_times(tmp_path):
     cap, _ = sim_capture(tmp_path / "run.isc", 25, start_time_ns=2**62 + 12345)  # beyond float64's 2**53
-    mzml.export_capture(cap, tmp_path / "run.mzML")
-    mzml.import_mzml(tmp_path / "run.mzML", tmp_path / "back.isc")
+    export_capture(cap, tmp_path / "run.mzML")
+    import_mzml(tmp_path / "run.mzML", tmp_path / "back.isc")
     a, b = decoded_scans(cap), decoded_scans(tmp_path / "back.isc")
     assert len(a) == len(b) > 15
     for (ha, sa, _), (hb, sb, mzb) in zip(a, b):
@@ -376,11 +379,11 @@ class TestPeaks:
         from dsp import pick_centroids
 
         out = tmp_path / "peaks.csv"
-        summary = mzml.pick_peaks(REAL, out)
+        summary = pick_peaks(REAL, out)
         # the 5 centroided MS2 scans pass through as they are (not re-picked), the 2 profile scans are picked
         assert summary.spectra == 7 and summary.skipped_centroided == 5 and summary.peaks > 100
         rows = list(csv.DictReader(open(out)))
-        assert tuple(rows[0]) == mzml.CSV_COLUMNS and len(rows) == summary.peaks
+        assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == summary.peaks
         truth = [s for s in independent_spectra(REAL) if "profile spectrum" in s["params"]]
         for ref in truth:
             scan = int(ref["id"].split("scan=")[1])
@@ -397,7 +400,7 @@ class TestPeaks:
         assert float(best["mz"]) == pytest.approx(810.4153, abs=0.001)
 
     def test_centroided_mzml_output(self, tmp_path):
-        summary = mzml.pick_peaks(REAL, tmp_path / "a.mzML")
+        summary = pick_peaks(REAL, tmp_path / "a.mzML")
         spectra = list(pyteomics_mzml.read(str(tmp_path / "a.mzML")))
         # scans 1-2 picked, the centroided scans 3-7 passed through (their S/N unknown: NaN)
         assert len(spectra) == 7 and sum(len(s["m/z array"]) for s in spectra) == summary.peaks
@@ -414,17 +417,17 @@ class TestPeaks:
     def test_capture_scans_are_picked_as_the_daemon_picks_them(self, tmp_path):
         from ionstream.processing import ScanWork
 
-        mzml.import_mzml(REAL, tmp_path / "real.isc")
-        mzml.pick_peaks(tmp_path / "real.isc", tmp_path / "b.mzML")
-        work = ScanWork(dsp_params=mzml.dsp_params_from_config(), xic_windows=[])
+        import_mzml(REAL, tmp_path / "real.isc")
+        pick_peaks(tmp_path / "real.isc", tmp_path / "b.mzML")
+        work = ScanWork(dsp_params=dsp_params_from_config(), xic_windows=[])
         for (h, samples, mz), s in zip(decoded_scans(tmp_path / "real.isc"),
                                        pyteomics_mzml.read(str(tmp_path / "b.mzML"))):
             p = work.process(h, samples, mz).peaks
             np.testing.assert_array_equal(s["m/z array"], p["mz"])
 
     def test_bad_suffix(self, tmp_path):
-        with pytest.raises(mzml.MzMLError, match=".csv or .mzML"):
-            mzml.pick_peaks(REAL, tmp_path / "peaks.txt")
+        with pytest.raises(MzMLError, match=".csv or .mzML"):
+            pick_peaks(REAL, tmp_path / "peaks.txt")
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,7 +469,7 @@ def test_imported_run_replays_through_the_live_pipeline(tmp_path):
             return s.getsockname()[1]
 
     cap = tmp_path / "real.isc"
-    mzml.import_mzml(REAL, cap)
+    import_mzml(REAL, cap)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     seen = {}
     with Subscriber(endpoint, ["peaks"], timeout=60) as sub:
@@ -481,7 +484,7 @@ def test_imported_run_replays_through_the_live_pipeline(tmp_path):
             daemon.send_signal(signal.SIGTERM)
             _out, err = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, err
-    work = ScanWork(dsp_params=mzml.dsp_params_from_config(), xic_windows=[])
+    work = ScanWork(dsp_params=dsp_params_from_config(), xic_windows=[])
     for h, samples, mz in decoded_scans(cap):
         header, peaks_mz = seen[h.scan_number]
         assert header["ms_level"] == 1 and header["polarity"] == "positive"

@@ -30,7 +30,7 @@ def _axis(scan: int) -> np.ndarray:
 
 
 def _capture(path) -> None:
-    """Explicit-axis frames as ionstream.offline.mzml.import_mzml writes them: float32 samples on an
+    """Explicit-axis frames as ionstream.offline.mzml_import.import_mzml writes them: float32 samples on an
     own float64 m/z axis, each frame's axis different."""
     x = np.linspace(0.0, 1.0, N_SAMPLES)
     with CaptureWriter(path, {"source": {"url": "test://explicit", "kind": "test"}}) as w:

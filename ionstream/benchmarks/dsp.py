@@ -250,7 +250,7 @@ def _bench_openms(args, progress, model, scans) -> dict:
     nan = float("nan")
     try:
         import pyopenms  # noqa: F401
-        from ionstream.offline.mzml import read_mzml_spectra
+        from ionstream.offline.spectra import read_mzml_spectra
         from openms_oracle import agreement, openms_centroids
     except ImportError as exc:
         progress(f"OpenMS comparison skipped: {exc}")

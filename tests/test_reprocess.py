@@ -21,16 +21,15 @@ pytest.importorskip("dask.distributed")
 pytest.importorskip("pyarrow")
 
 from ionstream.benchmarks.reprocess import write_sim_capture
-from ionstream.offline.reprocess import (
+from ionstream.offline.reprocess import read_results, reprocess
+from ionstream.offline.reprocess_settings import (
     Settings,
     capture_identity,
-    classifier_loads,
     find_captures,
     output_names,
-    read_results,
-    reprocess,
     settings_hash,
 )
+from ionstream.offline.reprocess_worker import classifier_loads
 
 SCANS = 200
 SAMPLES = 4096
@@ -315,7 +314,8 @@ def test_in_process_without_classifier_or_windows(captures, tmp_path):
     """process_capture is a plain function: no cluster needed; every table exists, typed, with metadata."""
     import pyarrow.parquet as pq
 
-    from ionstream.offline.reprocess import plan, process_capture
+    from ionstream.offline.reprocess import plan
+    from ionstream.offline.reprocess_worker import process_capture
 
     s = Settings(backend="none")
     resolved = s.resolved()

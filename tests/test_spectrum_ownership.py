@@ -17,7 +17,8 @@ from instrument.capture import CaptureWriter
 from instrument.frames import encode_scan
 from ionstream import Subscriber
 from ionstream.config import Config
-from ionstream.daemon.publisher import BufferPool, Publisher, owns_its_memory
+from ionstream.daemon.buffers import BufferPool, owns_its_memory
+from ionstream.daemon.publisher import Publisher
 from support import free_port
 
 N_SAMPLES = 16384   # a 128 KiB m/z axis: above the 64 KiB zero-copy threshold

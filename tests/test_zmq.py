@@ -15,7 +15,8 @@ import zmq
 
 from ionstream import Message, Subscriber
 from ionstream.client import wire
-from ionstream.daemon.publisher import BufferPool, Publisher, PublisherError
+from ionstream.daemon.buffers import BufferPool
+from ionstream.daemon.publisher import Publisher, PublisherError
 from ionstream.daemon.security import EndpointError, check_bind_endpoint
 
 ANY_PORT = "tcp://127.0.0.1:*"

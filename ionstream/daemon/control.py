@@ -193,7 +193,7 @@ class ControlServer:
             log.exception("control thread failed; the control socket is closed")
             raise
         finally:
-            from ionstream.daemon.publisher import close_and_wait
+            from ionstream.daemon.zmqutil import close_and_wait
 
             close_and_wait(sock, 1000)  # the endpoint is free again when stop() returns
             pipe.close(0)

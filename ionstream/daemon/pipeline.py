@@ -34,7 +34,8 @@ class Pipeline:
     """The running daemon's stages. start() / stop(); snapshot() for status; record_*; reload_model()."""
 
     def __init__(self, config: Config):
-        from ionstream.daemon.publisher import BufferPool, Publisher
+        from ionstream.daemon.buffers import BufferPool
+        from ionstream.daemon.publisher import Publisher
         from ionstream.daemon.security import CurveServer
 
         self.config = config

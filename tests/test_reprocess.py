@@ -330,3 +330,38 @@ def test_in_process_without_classifier_or_windows(captures, tmp_path):
     meta = json.loads(pq.read_schema(tmp_path / "run0" / "peaks.parquet").metadata[b"ionstream"])
     assert meta["settings"]["backend"] == "none" and meta["capture_identity"] == capture_identity(captures[0])
     assert res["done"]["key"] == tasks[0]["key"]
+
+
+@needs_dsp
+def test_a_record_that_is_not_one_frame_is_dropped_as_capture_info_counts_it(captures, tmp_path):
+    """Third-party records that split a frame in two: reprocess, the mzML reader and `capture info`
+    all read a capture with instrument.capture.iter_frames (one frame per record), so none of them
+    joins the halves into a scan and all report the same number of scans (review item 6)."""
+    from instrument.capture import CaptureReader, CaptureWriter, capture_info
+    from ionstream.offline.reprocess import plan
+    from ionstream.offline.reprocess_worker import process_capture
+    from ionstream.offline.spectra import read_capture_spectra
+
+    with CaptureReader(captures[0]) as r:
+        records = [(t, bytes(rec)) for t, rec in r][:20]
+    split = tmp_path / "in" / "split.isc"
+    split.parent.mkdir()
+    with CaptureWriter(split, {}) as w:
+        for i, (t, rec) in enumerate(records):
+            parts = [rec[:-4], rec[-4:]] if i == 5 else [rec]  # record 5's frame split over two records
+            for part in parts:
+                w.append(part, t)
+    from instrument.frames import FrameDecoder, FrameType
+
+    whole = [f.header.frame_type for _, rec in records for f in FrameDecoder().feed(rec)]
+    assert whole[5] == FrameType.SCAN
+    info = capture_info(split)
+    assert info.invalid_records == 2 and info.scans == whole.count(FrameType.SCAN) - 1
+    stats: dict = {}
+    assert sum(1 for _ in read_capture_spectra(split, stats=stats)) == info.scans
+    assert stats["invalid_records"] == 2
+    s = Settings(backend="none")
+    resolved = s.resolved()
+    tasks, _ = plan([split], tmp_path / "out", settings_hash(resolved), resolved, s)
+    row = process_capture(tasks[0])
+    assert row["status"] == "done" and row["scans"] == info.scans, row

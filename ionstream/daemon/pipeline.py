@@ -22,7 +22,7 @@ from instrument.acquisition import AcquisitionThread
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config, resolve_capture_path
-from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
+from ionstream.processing import ProcessedScan, ScanWork, TraceEvents, trace_names
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import LatencyWindow, RateWindow
 from ionstream.daemon.stages import DspWorkers, ScanResult, Sequencer
@@ -117,14 +117,11 @@ class Pipeline:
                                     **options)
 
     def _make_work(self):
-        dsp = self.config.dsp
-        return ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr, "preset": dsp.preset},
-                        xic_windows=[tuple(w) for w in dsp.xic],
-                        feature_spec=self.bundle.feature_spec if self.bundle else None,
-                        spectrum_pool=self.spectrum_pool)
+        return ScanWork.from_config(self.config.dsp, feature_spec=self.bundle.feature_spec if self.bundle else None,
+                                    spectrum_pool=self.spectrum_pool)
 
     def _make_traces(self) -> TraceEvents:
-        return TraceEvents(["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.config.dsp.xic])
+        return TraceEvents(trace_names(self.config.dsp.xic))
 
     # ---- in-order emission (sequencer thread) -----------------------------------------
     def _emit(self, result: ScanResult) -> None:
@@ -140,9 +137,9 @@ class Pipeline:
                  "t_acq_ns": result.host_time_ns, "t_dsp_ns": result.t_dsp_ns}
         peaks = scan.peaks
         self._peaks_total += len(peaks["mz"])
+        # scan.peaks maps each PEAK_FIELDS name to its array, in that order: the buffers' names
         self.publisher.publish("peaks", {**times, "ms_level": scan.ms_level, "polarity": scan.polarity,
-                                         "tic": scan.tic}, [peaks[k] for k in ("mz", "intensity", "area",
-                                                                               "fwhm", "snr")])
+                                         "tic": scan.tic}, peaks)
         if scan.spectrum is not None:
             mz, intensity, release = scan.spectrum
             self.publisher.publish("spectrum", {**times, "kind": "processed"}, [mz, intensity], release=release)

@@ -29,13 +29,17 @@ from ionstream.offline.spectra import (
     read_capture_spectra,
     read_mzml_spectra,
 )
+from ionstream.processing import DEFAULT_SMOOTHING as _DEFAULT_SMOOTHING  # the name PeakPicker uses
+from ionstream.processing import PEAK_FIELDS
+from ionstream.processing import PEAK_FIELDS as _PEAK_FIELDS  # the name PeakPicker uses
+from ionstream.processing import dsp_params
 
 log = logging.getLogger("ionstream.offline.peaks")
 
 __all__ = ["CSV_COLUMNS", "PeakPicker", "PeaksSummary", "dsp_params_from_config", "pick_peaks"]
 
-CSV_COLUMNS = ("index", "scan", "native_id", "ms_level", "polarity", "rt_min",
-               "mz", "intensity", "area", "fwhm", "snr")
+CSV_COLUMNS = ("index", "scan", "native_id", "ms_level", "polarity", "rt_min") + tuple(
+    name for name, _dtype in PEAK_FIELDS)
 """Columns of ``ionstream peaks -o peaks.csv``: one row per peak (units in docs/mzml.md)."""
 
 
@@ -45,11 +49,7 @@ def dsp_params_from_config(config=None) -> dict[str, Any]:
         from ionstream.config import load
 
         config = load(None)
-    return {"smoothing": config.dsp.smoothing, "min_snr": config.dsp.min_snr, "preset": config.dsp.preset}
-
-
-_PEAK_FIELDS = (("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
-_DEFAULT_SMOOTHING = "savgol"   # the configuration's default (ionstream.config.DspConfig)
+    return dsp_params(config.dsp)
 
 
 class PeakPicker:
@@ -187,10 +187,10 @@ def pick_peaks(in_path: str | os.PathLike, out_path: str | os.PathLike, *,
             for s, p in picked():
                 pol = s.polarity.name.lower()
                 for i in range(len(p["mz"])):
+                    # m/z exact (repr of the float64); the float32 columns to 9 significant digits
                     writer.writerow((s.index, s.scan, s.native_id, s.ms_level, pol, f"{s.rt_min:.9g}",
-                                     repr(float(p["mz"][i])), f"{float(p['intensity'][i]):.9g}",
-                                     f"{float(p['area'][i]):.9g}", f"{float(p['fwhm'][i]):.9g}",
-                                     f"{float(p['snr'][i]):.9g}"))
+                                     *(repr(float(p[name][i])) if name == "mz" else f"{float(p[name][i]):.9g}"
+                                       for name, _dtype in PEAK_FIELDS)))
                 summary.spectra += 1
                 summary.peaks += len(p["mz"])
                 summary.ms_levels[s.ms_level] = summary.ms_levels.get(s.ms_level, 0) + 1

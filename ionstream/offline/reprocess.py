@@ -8,9 +8,8 @@
     report = reprocess(["captures/"], "out/", settings, scheduler="local", workers=2)
     report.failed                                     # captures that could not be read
 
-One Dask task per capture. A capture is decoded with the live decoder
-(:class:`instrument.frames.FrameDecoder` over the records of
-:class:`instrument.capture.CaptureReader`), each scan goes through
+One Dask task per capture. A capture's frames are those ``capture info`` counts
+(:func:`instrument.capture.iter_frames`, one frame per record), each scan goes through
 :class:`ionstream.processing.ScanWork` -- the object the daemon's DSP workers call -- the
 feature vectors through the classifier backend in batches, and the per-scan TIC/XIC values
 through ``dsp.traces.TraceProcessor`` in scan order, as the daemon's sequencer does.

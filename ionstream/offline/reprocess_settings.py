@@ -54,7 +54,8 @@ class Settings:
                    xic=tuple((float(lo), float(hi)) for lo, hi in dsp.xic), backend=backend,
                    model=str(inf.model or ""), precision=inf.precision, max_batch=int(inf.max_batch))
 
-    # The same construction as ionstream.daemon.pipeline.Pipeline._make_work.
+    # What the settings hash records of the DSP; the ScanWork itself comes from
+    # ionstream.processing.ScanWork.from_config(settings), the daemon's construction.
     @property
     def dsp_params(self) -> dict[str, Any]:
         return {"smoothing": self.smoothing, "min_snr": self.min_snr}
@@ -62,7 +63,9 @@ class Settings:
     @property
     def trace_names(self) -> list[str]:
         """Names of the trace values, as the daemon's ``trace`` topic gives them."""
-        return ["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.xic]
+        from ionstream.processing import trace_names
+
+        return trace_names(self.xic)
 
     def resolved(self) -> dict[str, Any]:
         """The settings as hashed and recorded: the model resolved to its file's SHA-256."""

@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from ionstream.offline.reprocess_settings import Settings
+from ionstream.processing import PEAK_FIELDS
 
 log = logging.getLogger("ionstream.offline.reprocess")
 
 ROW_GROUP_SCANS = 2048
 """Scans buffered before a row group is written to each Parquet file (bounds memory)."""
-PEAK_FIELDS = ("mz", "intensity", "area", "fwhm", "snr")
+PEAK_COLUMNS = tuple(name for name, _dtype in PEAK_FIELDS)
+"""The peak columns of peaks.parquet after ``scan`` (ionstream.processing.PEAK_FIELDS)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,8 +98,7 @@ def _scan_work(settings: Settings, feature_spec):
     cached = getattr(_local, "work", None)
     key = (settings.dsp_params["smoothing"], settings.min_snr, settings.xic, feature_spec)
     if cached is None or cached[0] != key:
-        work = ScanWork(dsp_params=settings.dsp_params, xic_windows=[tuple(w) for w in settings.xic],
-                        feature_spec=feature_spec)
+        work = ScanWork.from_config(settings, feature_spec=feature_spec)  # the daemon's construction
         cached = _local.work = (key, work)
     return cached[1]
 
@@ -123,8 +124,8 @@ class _Tables:
         self._meta = {b"ionstream": json.dumps(metadata, sort_keys=True).encode()}
         self._writers: dict[str, Any] = {}
         self.schemas = {
-            "peaks": pa.schema([("scan", pa.int64()), ("mz", pa.float64()), ("intensity", pa.float32()),
-                                ("area", pa.float32()), ("fwhm", pa.float32()), ("snr", pa.float32())]),
+            "peaks": pa.schema([("scan", pa.int64())] + [(name, pa.from_numpy_dtype(np.dtype(dtype)))
+                                                          for name, dtype in PEAK_FIELDS]),
             "classes": pa.schema([("scan", pa.int64()), ("label", pa.string()), ("confidence", pa.float32()),
                                   ("probabilities", pa.list_(pa.float32(), max(1, n_classes)))]),
             "scans": pa.schema([("scan", pa.int64()), ("sequence", pa.int64()), ("t_device_ns", pa.int64()),
@@ -181,7 +182,7 @@ class _CaptureRun:
         self._events: list[dict[str, Any]] = []
 
     def _reset_buffers(self) -> None:
-        self._peaks: dict[str, list[np.ndarray]] = {k: [] for k in ("scan",) + PEAK_FIELDS}
+        self._peaks: dict[str, list[np.ndarray]] = {k: [] for k in ("scan",) + PEAK_COLUMNS}
         self._scans: dict[str, list] = {k: [] for k in ("scan", "sequence", "t_device_ns", "t_host_ns", "ms_level",
                                                           "polarity", "tic", "n_peaks")}
         self._xic: list[np.ndarray] = []
@@ -202,7 +203,7 @@ class _CaptureRun:
         peaks = scan.peaks
         npk = len(peaks["mz"])
         self._peaks["scan"].append(np.full(npk, n, np.int64))
-        for k in PEAK_FIELDS:
+        for k in PEAK_COLUMNS:
             self._peaks[k].append(np.array(peaks[k], copy=True))
         sc = self._scans
         sc["scan"].append(n)
@@ -276,8 +277,8 @@ def process_capture(task: dict[str, Any]) -> dict[str, Any]:
     Runs in a Dask worker (or in-process). Never raises for a bad capture: the row's
     ``status`` is ``done`` or ``failed`` (with ``error``).
     """
-    from instrument.capture import CaptureError, CaptureReader
-    from instrument.frames import FrameDecoder, FrameType
+    from instrument.capture import CaptureError, CaptureReader, iter_frames
+    from instrument.frames import FrameType
 
     t0 = time.perf_counter()
     path, out = Path(task["path"]), Path(task["out"])
@@ -299,17 +300,17 @@ def process_capture(task: dict[str, Any]) -> dict[str, Any]:
                     "labels": list(classifier.labels) if classifier else []}
             tables = _Tables(tmp, meta, len(classifier.labels) if classifier else 0, len(settings.xic))
             run = _CaptureRun(settings, tables, classifier, spec)
-            decoder = FrameDecoder()  # one decoder over the whole stream, as the acquisition thread
-            for host_time_ns, frame in reader:
-                for f in decoder.feed(frame):
-                    h = f.header
-                    if h.frame_type == FrameType.SCAN:
-                        run.scan(h, f.samples(), f.mz_axis(), host_time_ns)
-                    else:
-                        run.counts["status_frames"] += 1
+            # a record is one frame (the capture format's rule): the frames `capture info` counts
+            frames = iter_frames(reader, per_record=True)
+            for host_time_ns, f in frames:
+                h = f.header
+                if h.frame_type == FrameType.SCAN:
+                    run.scan(h, f.samples(), f.mz_axis(), host_time_ns)
+                else:
+                    run.counts["status_frames"] += 1
             run.flush(final=True)
             tables.close()
-            stats = decoder.stats
+            stats = frames.decoder.stats
             row.update(run.counts, crc_errors=stats.header_crc_errors + stats.payload_crc_errors,
                        sequence_gaps=stats.sequence_gaps, torn_tail_bytes=reader.torn_tail_bytes,
                        corrupt_bytes=reader.corrupt_bytes)

@@ -25,7 +25,6 @@ import numpy as np
 from instrument.frames import (
     AxisKind,
     Calibration,
-    FrameDecoder,
     FrameHeader,
     FrameType,
     Polarity,
@@ -198,28 +197,25 @@ class _Prepass:
 
 
 def _capture_prepass(path) -> _Prepass:
-    from instrument.capture import CaptureReader
+    from instrument.capture import CaptureReader, iter_frames
 
     p = _Prepass()
     seen: set[int] = set()
     with CaptureReader(path) as reader:
-        decoder = FrameDecoder()
-        for _t, frame in reader:
-            for f in decoder.feed(frame):
-                h = f.header
-                if h.frame_type != FrameType.SCAN:
-                    p.status_frames += 1
-                    continue
-                p.scans += 1
-                p.ms_levels.add(h.ms_level)
-                p.polarities.add(h.polarity)
-                p.axis_kinds.add(h.axis_kind)
-                if h.scan_number in seen:
-                    p.duplicate_scans = True
-                seen.add(h.scan_number)
-                if p.first_device_time_ns is None:
-                    p.first_device_time_ns = h.device_time_ns
-            decoder.reset()
+        for _t, f in iter_frames(reader, per_record=True):
+            h = f.header
+            if h.frame_type != FrameType.SCAN:
+                p.status_frames += 1
+                continue
+            p.scans += 1
+            p.ms_levels.add(h.ms_level)
+            p.polarities.add(h.polarity)
+            p.axis_kinds.add(h.axis_kind)
+            if h.scan_number in seen:
+                p.duplicate_scans = True
+            seen.add(h.scan_number)
+            if p.first_device_time_ns is None:
+                p.first_device_time_ns = h.device_time_ns
     return p
 
 
@@ -240,38 +236,33 @@ def read_capture_spectra(path: str | os.PathLike, *, stats: dict | None = None) 
     ``stats`` (a dict), if given, receives ``status_frames``, ``invalid_records`` and the
     reader's ``torn_tail_bytes`` / ``corrupt_bytes``.
     """
-    from instrument.capture import CaptureReader
+    from instrument.capture import CaptureReader, iter_frames
     from dsp.calibration import AxisCache
 
     axes = AxisCache()
     with CaptureReader(path) as reader:
         origin = None
-        decoder = FrameDecoder()
-        index = status = invalid = 0
-        for host_time_ns, frame in reader:
-            whole = 0
-            for f in decoder.feed(frame):
-                whole += 1
-                h = f.header
-                if h.frame_type != FrameType.SCAN:
-                    status += 1
-                    continue
-                if origin is None:
-                    origin = _time_origin_ns(reader.description, h.device_time_ns)
-                mz = f.mz_axis()
-                if mz is None:
-                    mz = axes.get(h.calibration, h.n_samples)
-                yield Spectrum(index, h.scan_number, h.ms_level, h.polarity,
-                               (h.device_time_ns - origin) / 1e9, mz, f.samples(),
-                               centroided=False, device_time_ns=h.device_time_ns,
-                               native_id=f"scan={h.scan_number}", host_time_ns=host_time_ns,
-                               sequence=h.sequence, header=h)
-                index += 1
-            if whole != 1:
-                invalid += 1
-            decoder.reset()  # a record is one frame: never join bytes across records
+        frames = iter_frames(reader, per_record=True)  # a record is one frame, as capture info counts
+        decoder = frames.decoder
+        index = status = 0
+        for host_time_ns, f in frames:
+            h = f.header
+            if h.frame_type != FrameType.SCAN:
+                status += 1
+                continue
+            if origin is None:
+                origin = _time_origin_ns(reader.description, h.device_time_ns)
+            mz = f.mz_axis()
+            if mz is None:
+                mz = axes.get(h.calibration, h.n_samples)
+            yield Spectrum(index, h.scan_number, h.ms_level, h.polarity,
+                           (h.device_time_ns - origin) / 1e9, mz, f.samples(),
+                           centroided=False, device_time_ns=h.device_time_ns,
+                           native_id=f"scan={h.scan_number}", host_time_ns=host_time_ns,
+                           sequence=h.sequence, header=h)
+            index += 1
         if stats is not None:
-            stats.update(status_frames=status, invalid_records=invalid,
+            stats.update(status_frames=status, invalid_records=frames.invalid_records,
                          torn_tail_bytes=reader.torn_tail_bytes, corrupt_bytes=reader.corrupt_bytes,
                          crc_errors=decoder.stats.header_crc_errors + decoder.stats.payload_crc_errors)
 

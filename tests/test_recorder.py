@@ -14,6 +14,7 @@ from instrument.capture import CaptureReader, capture_info
 from instrument.frames import FrameDecoder, encode_scan
 from instrument.recorder import Recorder, part_path
 from instrument.ring import RingBuffer
+from support import wait_until
 
 SLOTS = 8
 
@@ -29,14 +30,6 @@ def frames(n: int, samples: int = 4000, seed: int = 0) -> list[tuple]:
         (f,) = list(dec.feed(raw))
         out.append((f.header, raw))
     return out
-
-
-def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def ring_never_blocks(ring: RingBuffer, frame) -> bool:
@@ -98,7 +91,7 @@ def test_records_every_frame_and_reports_stats(tmp_path):
     rec = Recorder(ring, tmp_path / "a.isc", {"source": {"url": "test://"}}, min_free_bytes=0).start()
     for i, (h, raw) in enumerate(items):
         assert ring.put(h, raw, i)
-    wait_for(lambda: rec.frames_written == 40, what="40 frames written")
+    assert wait_until(lambda: rec.frames_written == 40, timeout=20.0), "40 frames written"
     s = rec.stats()
     assert s["state"] == "recording" and s["frames"] == 40 and s["parts"] == 1 and s["error"] is None
     rec.stop()
@@ -118,7 +111,7 @@ def test_rotation_by_size_makes_a_chain_of_whole_captures(tmp_path, compress):
                    min_free_bytes=0).start()
     for i, (h, raw) in enumerate(items):
         assert ring.put(h, raw, i)
-    wait_for(lambda: rec.frames == 60, what="60 frames appended")
+    assert wait_until(lambda: rec.frames == 60, timeout=20.0), "60 frames appended"
     rec.stop()
     parts = [part_path(first, i) for i in range(rec.parts)]
     assert rec.parts >= 3 and [p.name for p in parts[:3]] == ["run1.isc", "run1.0001.isc", "run1.0002.isc"]
@@ -142,7 +135,7 @@ def test_rotation_by_time(tmp_path):
     rec = Recorder(ring, first, {}, rotate_s=0.05, min_free_bytes=0).start()
     for i, (h, raw) in enumerate(items):
         assert ring.put(h, raw, i)
-        wait_for(lambda: rec.frames == i + 1, what=f"frame {i}")
+        assert wait_until(lambda: rec.frames == i + 1, timeout=20.0), f"frame {i}"
         time.sleep(0.02)  # spread the frames over ~0.4 s: a part lasts 0.05 s
     rec.stop()
     assert rec.parts >= 3

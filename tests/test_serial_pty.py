@@ -18,6 +18,7 @@ from instrument.frames import encode_scan
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from instrument.sources.base import SourceBusy
+from support import wait_until
 
 
 def _frames(first: int, count: int) -> bytes:
@@ -36,15 +37,6 @@ def _new_pty(link: str) -> int:
     os.symlink(target, tmp)
     os.replace(tmp, link)  # atomic, like udev updating /dev/serial/by-id
     return master
-
-
-def _wait(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _drain(reader, expected: int, timeout=10.0) -> list[int]:
@@ -72,15 +64,15 @@ def test_pty_stream_unplug_and_replug(link):
     source = open_source(f"serial://{link}?baud=115200")
     acq = AcquisitionThread(source, ring, backoff_initial_s=0.02, backoff_max_s=0.1).start()
     try:
-        assert _wait(lambda: acq.stats.connected), "the source should open the pty"
+        assert wait_until(lambda: acq.stats.connected), "the source should open the pty"
         os.write(master, _frames(0, 50))
         assert _drain(reader, 50) == list(range(50))
 
         os.close(master)  # unplug
-        assert _wait(lambda: acq.stats.disconnects == 1), "the loss must be noticed"
+        assert wait_until(lambda: acq.stats.disconnects == 1), "the loss must be noticed"
         time.sleep(0.2)   # a few failed reopen attempts while unplugged
         master = _new_pty(link)  # replug, same path
-        assert _wait(lambda: acq.stats.reconnects == 1 and acq.stats.connected), "must reopen by itself"
+        assert wait_until(lambda: acq.stats.reconnects == 1 and acq.stats.connected), "must reopen by itself"
         os.write(master, _frames(50, 50))
         assert _drain(reader, 50) == list(range(50, 100))
         assert acq.decoder.stats.payload_crc_errors == 0 and acq.decoder.stats.header_crc_errors == 0
@@ -97,7 +89,7 @@ def test_garbage_on_the_line_is_counted_and_skipped(link):
     reader = ring.add_reader("test")
     acq = AcquisitionThread(open_source(f"serial://{link}"), ring).start()
     try:
-        assert _wait(lambda: acq.stats.connected)
+        assert wait_until(lambda: acq.stats.connected)
         good = _frames(0, 10)
         corrupt = bytearray(_frames(10, 1))
         corrupt[200] ^= 0xFF  # a flipped payload byte
@@ -117,7 +109,7 @@ def test_missing_device_is_retried_not_fatal(tmp_path):
     acq = AcquisitionThread(open_source(f"serial://{tmp_path}/nothing"), ring,
                             backoff_initial_s=0.01, backoff_max_s=0.02).start()
     try:
-        assert _wait(lambda: acq.stats.open_failures >= 3)
+        assert wait_until(lambda: acq.stats.open_failures >= 3)
         assert acq.alive and acq.stats.error is None
     finally:
         acq.stop()
@@ -154,16 +146,16 @@ def test_a_port_busy_after_a_disconnect_is_retried_until_free(link):
                             backoff_max_s=0.1).start()
     holder = None
     try:
-        assert _wait(lambda: acq.stats.connected)
+        assert wait_until(lambda: acq.stats.connected)
         os.close(master)                       # unplug ...
-        assert _wait(lambda: acq.stats.disconnects == 1)
+        assert wait_until(lambda: acq.stats.disconnects == 1)
         master = _new_pty(link)                # ... replug, but something else grabbed the port first
         holder = _hold(link)
-        assert _wait(lambda: acq.stats.open_failures >= 3), "a busy port after a loss is retried"
+        assert wait_until(lambda: acq.stats.open_failures >= 3), "a busy port after a loss is retried"
         assert acq.alive and not acq.stats.connected
         os.close(holder)
         holder = None
-        assert _wait(lambda: acq.stats.reconnects == 1 and acq.stats.connected), "reopens once it is free"
+        assert wait_until(lambda: acq.stats.reconnects == 1 and acq.stats.connected), "reopens once it is free"
         os.write(master, _frames(0, 5))
         assert _drain(reader, 5) == list(range(5))
     finally:

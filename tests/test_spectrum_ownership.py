@@ -7,7 +7,6 @@ carry its own frame's m/z axis, although the ring has been rewritten many times 
 And the publisher's guard: an array sent without ``release`` that views someone else's
 writable memory is copied, never sent zero-copy.
 """
-import time
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from ionstream import Subscriber
 from ionstream.config import Config
 from ionstream.daemon.buffers import BufferPool, owns_its_memory
 from ionstream.daemon.publisher import Publisher
-from support import free_port
+from support import free_port, wait_until
 
 N_SAMPLES = 16384   # a 128 KiB m/z axis: above the 64 KiB zero-copy threshold
 N_FRAMES = 300      # ~58 MB of spectra: far more than the kernel's socket buffers hold
@@ -57,13 +56,6 @@ def _config(capture, endpoint: str) -> Config:
     return config
 
 
-def _wait(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def test_explicit_axis_spectra_keep_their_axis_behind_a_stuck_subscriber(tmp_path):
     from ionstream.daemon.pipeline import Pipeline
 
@@ -75,12 +67,13 @@ def test_explicit_axis_spectra_keep_their_axis_behind_a_stuck_subscriber(tmp_pat
     try:
         with Subscriber(endpoint, topics=["spectrum"], timeout=30.0) as sub:
             sub.socket.setsockopt(zmq.RCVHWM, 2 * N_FRAMES)
-            _wait(lambda: (sub.socket.poll(5), pipeline.publisher.wait_for_subscribers(1, "spectrum", 0.005))[1])
+            assert wait_until(lambda: (sub.socket.poll(5),
+                                       pipeline.publisher.wait_for_subscribers(1, "spectrum", 0.005))[1], timeout=60.0)
             pipeline.start_acquisition()
             # Stuck: nothing is read until every scan has been processed and published, so the
             # ring (4 slots) has been rewritten ~75 times while the messages wait in ZeroMQ.
-            _wait(pipeline.finished)
-            _wait(lambda: pipeline.publisher.stats()["pub_queue_depth"] == 0)
+            assert wait_until(pipeline.finished, timeout=60.0)
+            assert wait_until(lambda: pipeline.publisher.stats()["pub_queue_depth"] == 0, timeout=60.0)
             received = [sub.recv() for _ in range(N_FRAMES)]
     finally:
         pipeline.stop(drain_timeout_s=5.0)
@@ -117,7 +110,7 @@ def test_publisher_copies_a_view_sent_without_release():
     intensity = np.ones(N_SAMPLES, np.float32)  # owned: goes zero-copy
     with Publisher("tcp://127.0.0.1:*", source="test://") as pub:
         with Subscriber(pub.endpoint, topics=["spectrum"], timeout=10.0) as sub:
-            _wait(lambda: (sub.socket.poll(5), pub.wait_for_subscribers(1, "spectrum", 0.005))[1])
+            assert wait_until(lambda: (sub.socket.poll(5), pub.wait_for_subscribers(1, "spectrum", 0.005))[1], timeout=60.0)
             for scan in range(20):
                 mz_view[:] = _axis(scan)
                 assert pub.publish("spectrum", {"scan": scan}, [mz_view, intensity])

@@ -13,6 +13,7 @@ from instrument.ring import RingBuffer
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import RateWindow
 from ionstream.daemon.stages import DspWorkers, Sequencer
+from support import wait_until
 
 
 def _put(ring, seq):
@@ -21,15 +22,6 @@ def _put(ring, seq):
     header = FrameHeader(FrameType.SCAN, seq, seq, seq, 1, Polarity.POSITIVE, SampleType.UINT16, AxisKind.TOF,
                          8, 16, Calibration())
     return ring.put(header, raw, time.time_ns())
-
-
-def _wait(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 class _WorkerKilled(BaseException):
@@ -57,7 +49,7 @@ class TestDspWorkerRestart:
         seqr.start()
         for seq in range(20):
             _put(ring, seq)
-        assert _wait(lambda: any(s.startswith("failed") for s in workers.states().values()))
+        assert wait_until(lambda: any(s.startswith("failed") for s in workers.states().values()))
         state = workers.states()["dsp0"]
         assert state.startswith("failed: _WorkerKilled"), state
         assert workers.restart_failed() == [0]

@@ -37,6 +37,7 @@ from instrument.usbsim import (
     SimulatedBackend,
     UsbDeviceSpec,
 )
+from support import wait_until
 
 N_SAMPLES = 256
 
@@ -62,15 +63,6 @@ def read_all(src: UsbSource, total: int, buf_size: int = 1 << 20, timeout=5.0) -
         n = src.readinto(view)
         out += view[:n]
     return bytes(out)
-
-
-def wait_for(predicate, timeout=10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def drain(reader, until, timeout=10.0) -> list[int]:
@@ -191,7 +183,7 @@ class TestPermission:
         acq = AcquisitionThread(source("usb://1234:5678", backend), ring,
                                 backoff_initial_s=0.01, backoff_max_s=0.02).start()
         try:
-            assert wait_for(lambda: acq.stats.open_failures >= 5)
+            assert wait_until(lambda: acq.stats.open_failures >= 5)
         finally:
             acq.stop()
         warnings = [r for r in caplog.records if "cannot open" in r.getMessage()]
@@ -235,7 +227,7 @@ class TestRead:
         t0 = time.monotonic()
         assert src.readinto(buf) == 0             # the device went quiet: a timeout, not an error
         assert 0.015 < time.monotonic() - t0 < 1.0   # the 20 ms timeout, not an error (loose: loaded CI)
-        assert wait_for(lambda: src.readinto(buf) == 512, timeout=2)
+        assert wait_until(lambda: src.readinto(buf) == 512, timeout=2)
         src.close()
 
     def test_vendor_start_and_stop_requests(self):
@@ -275,7 +267,7 @@ class TestDisconnect:
         src.close()
         with pytest.raises(SourceUnavailable, match="no USB device 1234:5678 serial SIM0001 is attached"):
             src.open()        # away; and looked for by what it was, not by its old address
-        assert wait_for(backend.device.replug_due, timeout=2)
+        assert wait_until(backend.device.replug_due, timeout=2)
         src.open()
         assert src.describe()["address"] == 3
         assert read_all(src, 1024) == tape[5000:6024]
@@ -309,7 +301,7 @@ class TestDisconnect:
                                 backoff_initial_s=0.02, backoff_max_s=0.05).start()
         try:
             seen = drain(reader, until=lambda s: s and s[-1] == 599)
-            assert wait_for(lambda: acq.stats.reconnects == 1)
+            assert wait_until(lambda: acq.stats.reconnects == 1)
         finally:
             acq.stop()
         expected = list(range(250)) + list(range(301, 600))   # whole frames before the cut and after the gap

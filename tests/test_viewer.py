@@ -27,6 +27,7 @@ from ionstream.daemon.publisher import Publisher  # noqa: E402
 from ionstream.client.subscriber import Message  # noqa: E402
 from ionstream.viewer.model import Receiver, ViewerModel, health_rows, top_peaks  # noqa: E402
 from ionstream.viewer.window import ViewerWindow  # noqa: E402
+from support import wait_until  # noqa: E402
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 
@@ -45,16 +46,6 @@ def qapp():
         return pg.mkQApp("ionstream-test")
     except Exception as exc:  # no usable Qt platform on this machine
         pytest.skip(f"Qt cannot start: {exc}")
-
-
-def wait_until(app, predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,9 +150,9 @@ def settle(app, feeder, model, timeout=30.0) -> None:
     the feeder sent is either received or counted as missed.
     """
     feeder.rate_hz = 10.0
-    wait_until(app, lambda: accounted(model) >= feeder.sent - 1, timeout=timeout)
+    wait_until(step=app.processEvents, condition=lambda: accounted(model) >= feeder.sent - 1, timeout=timeout)
     feeder.stop()
-    wait_until(app, lambda: accounted(model) >= feeder.sent, timeout=5.0)
+    wait_until(step=app.processEvents, condition=lambda: accounted(model) >= feeder.sent, timeout=5.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,9 +239,9 @@ def test_window_shows_spectrum_peaks_traces_class_and_health(qapp, tmp_path):
     feeder = Feeder(endpoint, rate_hz=100.0).start()
     try:
         assert feeder.pub.wait_for_subscribers(1, timeout=10)
-        assert wait_until(qapp, lambda: view.plot_state()["trace_points"] and
+        assert wait_until(step=qapp.processEvents, condition=lambda: view.plot_state()["trace_points"] and
                           view.plot_state()["trace_points"][0] > 100, timeout=20)
-        assert wait_until(qapp, lambda: sum(view.plot_state()["events"].values()) >= 3, timeout=10)
+        assert wait_until(step=qapp.processEvents, condition=lambda: sum(view.plot_state()["events"].values()) >= 3, timeout=10)
         view.refresh()
         state = view.plot_state()
         shot = tmp_path / "viewer.png"
@@ -289,7 +280,7 @@ def test_window_draws_peaks_as_sticks_without_the_spectrum_topic(qapp):
     view = ViewerWindow(model, endpoint=endpoint, fps=20, receiver=receiver)
     feeder = Feeder(endpoint, rate_hz=50.0, spectrum=False).start()
     try:
-        assert wait_until(qapp, lambda: view.plot_state()["stick_points"] > 0, timeout=15)
+        assert wait_until(step=qapp.processEvents, condition=lambda: view.plot_state()["stick_points"] > 0, timeout=15)
         state = view.plot_state()
     finally:
         feeder.stop()
@@ -307,7 +298,7 @@ def test_no_xic_axis_without_an_xic(qapp):
     view = ViewerWindow(model, endpoint=endpoint, fps=20, receiver=receiver)
     feeder = Feeder(endpoint, rate_hz=50.0, spectrum=False, xic=False).start()
     try:
-        assert wait_until(qapp, lambda: view.plot_state()["trace_points"] and
+        assert wait_until(step=qapp.processEvents, condition=lambda: view.plot_state()["trace_points"] and
                           view.plot_state()["trace_points"][0] > 5, timeout=15)
         state = view.plot_state()
     finally:
@@ -403,7 +394,7 @@ def test_viewer_on_a_live_daemon(qapp, tmp_path):
     view.widget.resize(1280, 760)
     view.widget.show()
     try:
-        ok = wait_until(qapp, lambda: (view.plot_state()["spectrum_points"] > 0 and model.snapshot().status
+        ok = wait_until(step=qapp.processEvents, condition=lambda: (view.plot_state()["spectrum_points"] > 0 and model.snapshot().status
                                        and view.plot_state()["trace_points"]
                                        and view.plot_state()["trace_points"][0] > 50), timeout=40)
         assert ok, daemon.stderr.read() if daemon.poll() is not None else "no data from the daemon"

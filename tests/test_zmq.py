@@ -18,6 +18,7 @@ from ionstream.client import wire
 from ionstream.daemon.buffers import BufferPool
 from ionstream.daemon.publisher import Publisher, PublisherError
 from ionstream.daemon.security import EndpointError, check_bind_endpoint
+from support import wait_until
 
 ANY_PORT = "tcp://127.0.0.1:*"
 
@@ -26,14 +27,6 @@ def peaks(n=4, scale=1.0):
     mz = np.linspace(100.0, 1000.0, n)
     rest = [np.full(n, scale * k, np.float32) for k in (1, 2, 3, 4)]
     return [mz, *rest]
-
-
-def wait_until(condition, timeout=10.0):
-    """Poll a condition another thread makes true (bounded; not a sleep standing in for sync)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -142,7 +135,7 @@ class TestPublishSubscribe:
         with connect(pub, ["peaks", "class"]), connect(pub, "peaks") as sub2:
             wait_subscribed(pub, sub2, "peaks", count=2)
             assert pub.stats()["pub_subscriptions"] == {"peaks": 2, "class": 1}
-        wait_until(lambda: pub.stats()["pub_subscriptions"] == {})  # closing them unsubscribed them
+        assert wait_until(lambda: pub.stats()["pub_subscriptions"] == {})  # closing them unsubscribed them
 
 
 class TestGapsAndRestarts:
@@ -163,7 +156,7 @@ class TestGapsAndRestarts:
             stats = pub.stats()
             assert stats["pub_drops_queue"] == 3 and stats["pub_per_topic"]["spectrum"] == {"published": 5, "dropped": 3}
             stall.set()
-            wait_until(lambda: pub.stats()["pub_sent"] == 5)
+            assert wait_until(lambda: pub.stats()["pub_sent"] == 5)
             pub.publish("spectrum", {"scan": 8}, [np.zeros(1), np.zeros(1, np.float32)])
             got = [sub.recv() for _ in range(6)]
             assert [m.scan for m in got] == [0, 1, 2, 3, 4, 8]
@@ -178,7 +171,7 @@ class TestGapsAndRestarts:
             payload = [np.zeros(1), np.zeros(256 * 1024, np.float32)]  # 1 MiB: beyond socket buffers soon
             for i in range(n):
                 assert pub.publish("spectrum", {"scan": i}, payload)  # never waits for the subscriber
-            wait_until(lambda: pub.stats()["pub_sent"] == n)
+            assert wait_until(lambda: pub.stats()["pub_sent"] == n)
             got = []
             while True:
                 try:

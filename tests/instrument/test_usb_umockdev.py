@@ -36,7 +36,7 @@ import instrument.usbsim
 from instrument.frames import encode_scan
 from instrument.usbsim import UsbDeviceSpec
 
-HERE = Path(__file__).parent / "usb"
+HERE = Path(__file__).parents[1] / "usb"
 TESTBED = HERE / "umockdev_testbed.py"
 CLIENT = HERE / "umockdev_client.py"
 DEBIAN_PYTHON = "/usr/bin/python3"

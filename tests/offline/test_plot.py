@@ -14,7 +14,7 @@ from instrument.capture import CaptureWriter  # noqa: E402
 from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from ionstream.cli import plot  # noqa: E402
 
-REAL = Path(__file__).parent / "data" / "small_ltqft.mzML"
+REAL = Path(__file__).parents[1] / "data" / "small_ltqft.mzML"
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 
 

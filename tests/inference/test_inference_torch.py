@@ -22,7 +22,7 @@ from inference.backend import BackendError, BackendUnavailable, open_backend  # 
 from inference.bundle import DEFAULT_BUNDLE, BundleError, load_bundle  # noqa: E402
 from inference.torch_backend import TorchCpuBackend, torch_cuda_available  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from instrument.capture import (
 from instrument.frames import encode_scan
 from instrument.sources import EndOfSource, SourceConfigError, open_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FRAME = encode_scan(np.arange(200, dtype=np.uint16), sequence=0, scan_number=0, device_time_ns=0)
 
 

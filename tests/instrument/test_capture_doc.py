@@ -12,7 +12,7 @@ from instrument.capture import (
 )
 from instrument.frames import Calibration, encode_scan, encode_status
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CAPTURE_MD = DOCS / "capture.md"
 
 pytestmark = pytest.mark.skipif(not CAPTURE_MD.is_file(), reason="docs/ is not part of an installed-only layout")

@@ -23,7 +23,7 @@ from referencing import Registry, Resource  # noqa: E402
 
 from ionstream.client import wire  # noqa: E402
 
-DOCS = Path(__file__).parents[1] / "docs"
+DOCS = Path(__file__).parents[2] / "docs"
 WIRE_MD = (DOCS / "wire.md").read_text()
 SCHEMA = json.loads((DOCS / "wire.schema.json").read_text())
 ENVELOPE = {"schema", "source", "session", "seq", "buffers", "t_pub_ns"}

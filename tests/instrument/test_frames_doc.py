@@ -12,7 +12,7 @@ from instrument.frames import (
     encode_status,
 )
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 PROTOCOL = DOCS / "protocol.md"
 
 pytestmark = pytest.mark.skipif(not DOCS.is_dir(), reason="docs/ is not part of an installed-only layout")

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from ionstream.client import wire
 from ionstream.client.wire import WireError, WireVersionError
 
-WIRE_MD = Path(__file__).parents[1] / "docs" / "wire.md"
+WIRE_MD = Path(__file__).parents[2] / "docs" / "wire.md"
 
 
 def _bytes_frames(frames):

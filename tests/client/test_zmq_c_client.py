@@ -16,7 +16,7 @@ import zmq
 
 from ionstream.daemon.publisher import Publisher
 
-SOURCE = Path(__file__).parent / "clients" / "subscriber.c"
+SOURCE = Path(__file__).parents[1] / "clients" / "subscriber.c"
 APT = "apt-get install gcc libc6-dev libzmq3-dev libjansson-dev pkg-config"
 
 

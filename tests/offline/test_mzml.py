@@ -30,7 +30,7 @@ from ionstream.offline.spectra import MzMLError, offline_vocabularies  # noqa: E
 
 offline_vocabularies()  # pyteomics below loads the CV through psims: never from the internet
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 REAL = DATA / "small_ltqft.mzML"
 T0 = 1_700_000_000_000_000_000
 NS = {"m": "http://psi.hupo.org/ms/mzml"}

@@ -13,7 +13,7 @@ pytest.importorskip("pyopenms")
 pytest.importorskip("pyteomics")
 from openms_oracle import agreement, openms_centroids  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 # kind -> (file, scans used, preset)
 REAL = {
     "orbitrap": ("openms_orbitrap.mzML", None, "orbitrap"),

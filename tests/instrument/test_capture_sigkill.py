@@ -11,7 +11,7 @@ import pytest
 from instrument.capture import CaptureReader, capture_info
 from instrument.sources import EndOfSource, open_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Shared by the child and the test: frame i is a deterministic function of i (4 kB to 1.2 MB).
 FRAME_CODE = r"""

@@ -259,7 +259,7 @@ def test_sigkill_after_n_reported_frames_leaves_at_least_n(tmp_path, compress):
     import signal
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     path = tmp_path / "killed.isc"
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), "1" if compress else "0"],

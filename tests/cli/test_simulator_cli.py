@@ -12,6 +12,7 @@ import tty
 import pytest
 
 from instrument.frames import FrameDecoder, FrameType
+from support import wait_until
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 SMALL = ["--samples", "4096"]
@@ -124,7 +125,7 @@ def test_signal_stops_cleanly(tmp_path, sig):
     out = tmp_path / "frames.bin"
     proc = _start(["--out", str(out), "--rate", "50"] + SMALL)
     try:
-        time.sleep(1.5)
+        assert wait_until(lambda: out.exists() and len(_scans(out.read_bytes())[0]) > 10, timeout=60)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)
     finally:

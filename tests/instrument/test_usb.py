@@ -226,7 +226,7 @@ class TestRead:
         assert got == [512] * 4
         t0 = time.monotonic()
         assert src.readinto(buf) == 0             # the device went quiet: a timeout, not an error
-        assert 0.015 < time.monotonic() - t0 < 1.0   # the 20 ms timeout, not an error (loose: loaded CI)
+        assert time.monotonic() - t0 > 0.015   # it waited for the 20 ms timeout (no upper bound: a timed assert)
         assert wait_until(lambda: src.readinto(buf) == 512, timeout=2)
         src.close()
 

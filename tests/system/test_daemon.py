@@ -1,11 +1,13 @@
 """The daemon as a technician runs it: a real subprocess, real signals, real files."""
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
-from support import IONSTREAM, free_port
+from support import IONSTREAM, free_port, wait_until
 
 
 def _endpoints() -> list[str]:
@@ -62,7 +64,9 @@ def test_duration_ends_the_run_with_exit_0(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     scans = int(err.split("stopped: ")[1].split(" scans")[0])
-    assert 1 <= scans <= 260   # the simulator paces 100/s: --duration 2s ended it (however loaded the host)
+    # sim:// never ends by itself, so exiting 0 is --duration's doing; no upper bound on the count,
+    # which depends on how late a loaded host notices the deadline (a timed assert)
+    assert scans >= 1
 
 
 def test_bad_config_key_is_named_and_nothing_starts(tmp_path):
@@ -96,21 +100,57 @@ def test_finite_replay_runs_to_the_end(tmp_path):
     assert "stopped: 300 scans" in err
 
 
+def _stderr_lines(proc) -> "queue.Queue[str]":
+    """A queue that a reader thread fills with ``proc``'s stderr lines (it ends with the pipe)."""
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    return lines
+
+
+def _read_until(proc, lines: "queue.Queue[str]", text: str, timeout: float = 60.0) -> list[str]:
+    """Lines from ``lines`` up to the first that contains ``text`` (AssertionError at the deadline
+    or if the process ends first): a deadline even when no line comes."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            assert proc.poll() is None, f"exited ({proc.returncode}) before {text!r}: {''.join(seen)}"
+            continue
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"no {text!r} within {timeout} s: {''.join(seen)}")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_second_signal_exits_at_once(tmp_path, sig):
-    # A source that never opens keeps the daemon busy reconnecting; two signals must still end it.
+    """A second signal during the drain exits at once with 128 + signal (ionstream.daemon.signals).
+    A source that never opens keeps the daemon reconnecting, so the drain takes about a second:
+    the second signal is sent once the daemon has logged that it is stopping (the first one was
+    handled), never two back to back (the kernel may merge two identical pending signals)."""
     proc = _start(["run", "--source", f"tcp://127.0.0.1:{free_port()}"] + _endpoints(), tmp_path)
-    time.sleep(1.5)
-    proc.send_signal(sig)
-    proc.send_signal(sig)
-    proc.communicate(timeout=10)
-    assert proc.returncode in (0, 128 + sig)
+    try:
+        lines = _stderr_lines(proc)
+        _read_until(proc, lines, "running:")
+        proc.send_signal(sig)
+        _read_until(proc, lines, "stopping:")
+        assert proc.poll() is None, "the daemon finished its drain before the second signal could be sent"
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig
 
 
 def test_sigkill_mid_recording_then_replay(tmp_path):
     """`ionstream record` killed with SIGKILL: the capture replays up to its last whole frame."""
     proc = _start(["record", "--source", "sim://?rate=400&samples=4096", "--out", "kill.isc"], tmp_path)
-    time.sleep(2.5)
+    capture = tmp_path / "kill.isc"
+    # over 100 frames of 4096 samples (8 KiB each) on disk before the kill: polled, not slept for
+    assert wait_until(lambda: capture.exists() and capture.stat().st_size > 120 * 8192, timeout=60)
     proc.kill()
     proc.communicate(timeout=10)
     from instrument.capture import capture_info

@@ -315,13 +315,11 @@ def test_receiver_keeps_up_at_a_high_rate_and_the_display_skips(qapp):
     receiver = Receiver(endpoint, model, rcvhwm=1000).start()
     view = ViewerWindow(model, endpoint=endpoint, fps=10, receiver=receiver)
     feeder = Feeder(endpoint, rate_hz=1000.0).start()
-    redraws = []
-    t_end = time.monotonic() + 3.0
+    deadline = time.monotonic() + 120.0
     try:
-        while time.monotonic() < t_end:
-            t0 = time.perf_counter()
-            view.refresh()
-            redraws.append(time.perf_counter() - t0)
+        while feeder.sent <= 300:   # a count, not a duration: however fast this host is
+            assert time.monotonic() < deadline, f"the feeder sent only {feeder.sent} scans"
+            view.refresh()          # the display redraws the latest scan while messages pour in
             qapp.processEvents()
             time.sleep(0.1)
         settle(qapp, feeder, model)
@@ -331,10 +329,9 @@ def test_receiver_keeps_up_at_a_high_rate_and_the_display_skips(qapp):
         receiver.stop()
     snap = model.snapshot()
     # every peaks message either arrived or is counted as missed (a gap), none is unaccounted for
-    assert accounted(model) == feeder.sent > 300
-    assert snap.received["peaks"] >= 0.5 * feeder.sent
-    # a redraw costs the same whatever the message rate (it draws only the latest scan)
-    assert np.median(redraws) < 0.25
+    assert accounted(model) == feeder.sent > 300 and snap.received["peaks"] > 0
+    # How many arrive at 1000/s and how long a redraw takes are performance, not behaviour
+    # (DESIGN: benchmarks, never timed asserts): `ionstream bench` measures them.
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,13 +58,6 @@ def import_pycuda():
     return cuda
 
 
-def gpu_count() -> int:
-    try:
-        return import_pycuda().Device.count()
-    except GpuUnavailable:
-        return 0
-
-
 # ----------------------------------------------------------------------------------------
 # Contexts and buffers
 # ----------------------------------------------------------------------------------------

@@ -556,10 +556,6 @@ class ScanTruth:
     _build_baseline: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @property
-    def label_name(self) -> str:
-        return CLASS_LABELS[self.label]
-
-    @property
     def peaks(self) -> np.ndarray:
         if self._peaks is None:
             self._peaks = self._build_peaks() if self._build_peaks else np.zeros(0, PEAK_DTYPE)

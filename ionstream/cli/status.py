@@ -75,7 +75,7 @@ def _fmt(fmt: str, value: Any) -> str:
         return str(value)
 
 
-def format_status(doc: dict[str, Any]) -> list[str]:
+def status_report_lines(doc: dict[str, Any]) -> list[str]:
     """The reply as aligned ``label  value`` lines: the main figures, then every other key."""
     lines = []
     shown = {"ok", "cmd", "id"}
@@ -122,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         log.error("daemon refused: %s", reply.get("error"))
         return 1
     if not args.json:
-        print("\n".join(format_status(reply)))
+        print("\n".join(status_report_lines(reply)))
     return exit_code(reply)
 
 

@@ -247,11 +247,6 @@ def close_header(open_header: bytes, seq: int, t_pub_ns: int | None = None) -> b
     return open_header + b',"seq":%d,"t_pub_ns":%d}' % (seq, t_pub_ns)
 
 
-def append_field(header: bytes, key: str, value: int) -> bytes:
-    """Add an integer field to an encoded (closed) header without re-encoding it."""
-    return b'%s,"%s":%d}' % (header[:-1], key.encode("ascii"), value)
-
-
 def encode(topic: str, fields: Mapping[str, Any], arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray] = (),
            *, source: str = "", session: str = "0000000000000000", seq: int = 0,
            t_pub_ns: int | None = None) -> list[bytes | np.ndarray]:

@@ -70,12 +70,6 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
 
-    def add_handler(self, name: str, handler: Handler) -> None:
-        """Register (or replace) a command before start()."""
-        if self._thread is not None:
-            raise RuntimeError("add handlers before start()")
-        self.handlers[name] = handler
-
     def start(self, timeout: float = 10.0) -> "ControlServer":
         """Bind and start answering; return once bound. RuntimeError if binding fails."""
         if self._thread is not None:

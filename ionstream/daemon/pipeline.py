@@ -25,7 +25,7 @@ from ionstream.config import Config, resolve_capture_path
 from ionstream.processing import ProcessedScan, ScanWork, TraceEvents, trace_names
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import LatencyWindow, RateWindow
-from ionstream.daemon.stages import DspWorkers, ScanResult, Sequencer
+from ionstream.daemon.stages import DspWorkers, WorkerOutput, Sequencer
 
 log = logging.getLogger("ionstream.daemon.pipeline")
 
@@ -63,7 +63,7 @@ class Pipeline:
         self.spectrum_pool = (BufferPool(config.ring.max_samples, np.float32, count=2 * config.ring.slots)
                               if config.publish.spectrum else None)
 
-        self._results: queue.Queue[ScanResult] = queue.Queue(maxsize=4 * config.ring.slots)
+        self._results: queue.Queue[WorkerOutput] = queue.Queue(maxsize=4 * config.ring.slots)
         self.dsp = DspWorkers(self.ring, config.dsp_workers(), self._make_work, self._results)
         self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring.head,
                                    max_pending=4 * config.ring.slots)
@@ -124,7 +124,7 @@ class Pipeline:
         return TraceEvents(trace_names(self.config.dsp.xic))
 
     # ---- in-order emission (sequencer thread) -----------------------------------------
-    def _emit(self, result: ScanResult) -> None:
+    def _emit(self, result: WorkerOutput) -> None:
         if result.kind == "status":
             self._on_instrument_status(result)
             return
@@ -151,14 +151,14 @@ class Pipeline:
         else:
             self.latency.add(time.monotonic_ns() - result.host_mono_ns)
 
-    def _publish_trace(self, result: ScanResult, scan: ProcessedScan, times: dict) -> None:
+    def _publish_trace(self, result: WorkerOutput, scan: ProcessedScan, times: dict) -> None:
         values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
         events = self.traces.update(result.scan_number, result.device_time_ns, scan.tic, scan.xic)
         self.publisher.publish("trace", {**times, "names": self.traces.names, "events": events}, [values])
 
     def _on_class(self, cls) -> None:
         """Batcher thread, in order: publish the label and close the scan's latency."""
-        result: ScanResult = cls.key
+        result: WorkerOutput = cls.key
         now = time.time_ns()
         if cls.error is None:
             self._classified += 1
@@ -179,7 +179,7 @@ class Pipeline:
             return str(info.get(key) or (info.get("name") if key == "backend" else "") or "")
         return str(info or "") if key == "backend" else ""
 
-    def _on_instrument_status(self, result: ScanResult) -> None:
+    def _on_instrument_status(self, result: WorkerOutput) -> None:
         import dataclasses
         import struct
 

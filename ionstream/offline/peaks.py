@@ -80,7 +80,7 @@ class PeakPicker:
                 from ionstream.processing import ScanWork
 
                 self._work = ScanWork(dsp_params=dict(self.params), xic_windows=[])
-            except Exception as exc:  # the DSP stage not wired (ImportError) or refusing the settings
+            except Exception as exc:  # ScanWork refusing the settings (a wrong [dsp] value)
                 self._work_error = f"{type(exc).__name__}: {exc}"
         return self._work
 

@@ -22,15 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from instrument.frames import (
-    AxisKind,
-    Calibration,
-    FrameHeader,
-    FrameType,
-    Polarity,
-    expected_payload_size,
-    sample_type_of,
-)
+from instrument.frames import FrameHeader, FrameType, Polarity
 
 log = logging.getLogger("ionstream.offline.spectra")
 
@@ -120,15 +112,6 @@ class Spectrum:
     def rt_min(self) -> float:
         return self.time_s / 60.0
 
-    def frame_header(self) -> FrameHeader:
-        """The frame header this spectrum has (or would have as an imported frame)."""
-        if self.header is not None:
-            return self.header
-        stype = sample_type_of(self.intensity.dtype)
-        n = len(self.intensity)
-        return FrameHeader(FrameType.SCAN, self.sequence or self.index, self.scan, self.device_time_ns,
-                           self.ms_level, self.polarity, stype, AxisKind.EXPLICIT, n,
-                           expected_payload_size(stype, AxisKind.EXPLICIT, n), Calibration())
 
 SPECTRUM_TYPES = ("auto", "profile", "centroid")
 

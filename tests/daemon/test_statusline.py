@@ -8,7 +8,7 @@ import termios
 
 import pytest
 
-from ionstream.daemon.statusline import StatusLine, format_status
+from ionstream.daemon.statusline import StatusLine, format_status_line
 
 SNAPSHOT = {
     "state": "running", "scans_per_s": 20.0, "MBps": 2.62, "peaks_per_scan": 41.0, "drops_total": 3,
@@ -146,12 +146,12 @@ class TestOnAPty:
 
 class TestFormatStatus:
     def test_class_is_labelled(self):
-        assert "class small_molecule 99%" in format_status(SNAPSHOT)
+        assert "class small_molecule 99%" in format_status_line(SNAPSHOT)
 
     def test_least_important_dropped_first(self):
-        full = format_status(SNAPSHOT)
+        full = format_status_line(SNAPSHOT)
         assert "onnxruntime" in full and "peaks/scan" in full
-        line = format_status(SNAPSHOT, 100)
+        line = format_status_line(SNAPSHOT, 100)
         assert len(line) <= 100
         # ring, class and latency outlast the link details and the backend
         for kept in ("ring 12%", "class small_molecule 99%", "lat p50/p99", "drops 3"):
@@ -159,19 +159,19 @@ class TestFormatStatus:
         assert "onnxruntime" not in line and "peaks/scan" not in line
 
     def test_essentials_at_any_width(self):
-        assert format_status(SNAPSHOT, 30).startswith("running | 20.0 scans/s")
-        assert len(format_status(SNAPSHOT, 10)) <= 10
+        assert format_status_line(SNAPSHOT, 30).startswith("running | 20.0 scans/s")
+        assert len(format_status_line(SNAPSHOT, 10)) <= 10
 
     def test_alarm_outlasts_details(self):
-        line = format_status({**SNAPSHOT, "reconnecting": True}, 60)
+        line = format_status_line({**SNAPSHOT, "reconnecting": True}, 60)
         assert "SOURCE LOST, reconnecting" in line and len(line) <= 60
 
 
 def test_unhealthy_and_reloading_are_shown_and_kept_longest():
-    from ionstream.daemon.statusline import format_status
+    from ionstream.daemon.statusline import format_status_line
 
-    line = format_status({"state": "degraded", "health": "unhealthy", "scans_per_s": 0.0, "model_reload": "reloading"})
+    line = format_status_line({"state": "degraded", "health": "unhealthy", "scans_per_s": 0.0, "model_reload": "reloading"})
     assert line.startswith("degraded | UNHEALTHY | 0.0 scans/s") and "reloading model" in line
-    narrow = format_status({"state": "running", "health": "unhealthy", "scans_per_s": 20.0, "drops_total": 5,
+    narrow = format_status_line({"state": "running", "health": "unhealthy", "scans_per_s": 20.0, "drops_total": 5,
                             "crc_errors": 1, "ring_fill": 0.95}, width=40)
     assert "UNHEALTHY" in narrow and len(narrow) <= 40

@@ -29,7 +29,7 @@ def spectra(n, seed0=1000, dtype=np.uint16):
 
 
 class TestTruth:
-    """The issue's goals on simulated spectra with known peaks (fixed seeds)."""
+    """The DSP's accuracy goals (dsp/truth.py, docs/dsp.md) on simulated spectra with known peaks (fixed seeds)."""
 
     def test_recall_false_peaks_and_mz_error(self):
         proc = ScanProcessor()

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from instrument.frames import FrameType
 from instrument.ring import RingBuffer, Slot

@@ -16,11 +16,15 @@ from setuptools import Extension, setup
 # kernels give the same bits on an ARM board as on x86-64 (tools/arm/kernel_outputs.py).
 COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
 
+# Every kernel cimports cext/_dspcore.pxd, which includes cext/_simd.h: a change to either rebuilds all.
+DEPENDS = [os.path.join("cext", "_dspcore.pxd"), os.path.join("cext", "_simd.h")]
+
 extensions = [
     Extension(
         "cext." + os.path.splitext(os.path.basename(path))[0],
         [path],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "cext"],
+        depends=DEPENDS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
     )

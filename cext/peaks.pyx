@@ -1,5 +1,4 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-# distutils: extra_compile_args = -ffp-contract=off
 """Peak finding with exactly the peaks and properties of ``scipy.signal.find_peaks``.
 
 ``PeakFinder.find`` takes a 1-D C-contiguous float32 or float64 array and the unpacked scalar
@@ -8,7 +7,8 @@ per kept peak (``PEAK_RECORD_DTYPE``). The algorithms are SciPy's (see cext/_dsp
 attribution and for what is added: block jumps and bounds that skip work without changing results).
 Work buffers live in the PeakFinder and are reused; one PeakFinder per thread.
 
--ffp-contract=off: no fused multiply-add, so ``x[p] - prominence * rel_height`` rounds as in SciPy.
+-ffp-contract=off (setup.py, every kernel): no fused multiply-add, so ``x[p] - prominence * rel_height`` rounds
+as in SciPy.
 """
 
 import numpy as np

@@ -1,5 +1,4 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
-# distutils: extra_compile_args = -ffp-contract=off
 """Per-scan DSP kernel: one call, GIL released, buffers reused.
 
 ``ScanKernel.run(samples, ...)`` for one scan (uint16, int16, int32, float32 or float64 samples):
@@ -36,8 +35,7 @@ from cext._dspcore cimport (Conds, PeakRec, BLK_SHIFT, n_blocks, n_supers, n_sub
                             block_from_subs, super_summaries, ion_affine_tile,
                             ion_sum_u16, ion_sum_i16,
                             pre_conditions, post_conditions, block_bounds, scan_maxima, ScanPos,
-                            scan_start, conv_interior,
-                            conv_at, conv_edges_interp, MODE_INTERP, block_statistics, stats_blocks,
+                            scan_start, correlate_tiled, MODE_INTERP, block_statistics, stats_blocks,
                             tile_lines, select_k)
 
 cnp.import_array()
@@ -81,7 +79,6 @@ FLAG_ASYM = 4    # centre/height/FWHM from the two-sided (tailed) fit: its apex 
 assert CENTROID_DTYPE.itemsize == sizeof(Centroid)
 
 cdef enum:
-    TILE = 2048
     K_FLAG_FIT = 1
     K_FLAG_EDGE = 2
     K_FLAG_ASYM = 4
@@ -699,22 +696,7 @@ cdef class ScanKernel:
             for i in range(n):
                 y[i] = xf[i] * self.half[0]
         else:
-            a = h if h < n else n
-            b = n - h if n - h > a else a
-            lo = a
-            while lo < b:
-                hi = lo + TILE
-                if hi > b:
-                    hi = b
-                conv_interior(xf, y, lo, hi, self.half, h)
-                lo = hi
-            if self.mode == MODE_INTERP and n >= 2 * h + 1:
-                conv_edges_interp(xf, n, y, h, self.eleft, self.eright)
-            else:
-                for i in range(a):
-                    y[i] = conv_at(xf, n, i, self.half, h, self.mode if self.mode != MODE_INTERP else 1, 0.0)
-                for i in range(b, n):
-                    y[i] = conv_at(xf, n, i, self.half, h, self.mode if self.mode != MODE_INTERP else 1, 0.0)
+            correlate_tiled(xf, n, y, self.half, h, self.mode, 0.0, self.eleft, self.eright)
 
         # 4. S/N trace and its block summaries
         for t in range(nb):

@@ -11,8 +11,8 @@ in, float64 out. The GIL is released. The callers (dsp/smoothing.py) validate ev
 import numpy as np
 cimport numpy as cnp
 
-from cext._dspcore cimport (real_t, conv_interior, conv_at, conv_edges_interp, MODE_REFLECT, MODE_MIRROR,
-                            MODE_NEAREST, MODE_WRAP, MODE_CONSTANT, MODE_INTERP)
+from cext._dspcore cimport (real_t, correlate_tiled, MODE_REFLECT, MODE_MIRROR, MODE_NEAREST, MODE_WRAP,
+                            MODE_CONSTANT, MODE_INTERP)
 
 cnp.import_array()
 
@@ -21,15 +21,10 @@ MODES = {"reflect": MODE_REFLECT, "grid-mirror": MODE_REFLECT, "mirror": MODE_MI
          "constant": MODE_CONSTANT, "grid-constant": MODE_CONSTANT, "interp": MODE_INTERP}
 """Boundary mode names (ndimage's, and savgol_filter's 'interp') -> kernel codes."""
 
-# Interior tile: the taps loop runs over a tile that stays in L1.
-cdef enum:
-    TILE = 2048
-
-
 def correlate_symmetric(const real_t[::1] x not None, const real_t[::1] half not None, int mode,
                         double cval, real_t[::1] out not None, const double[:, ::1] left=None,
                         const double[:, ::1] right=None):
-    cdef Py_ssize_t n = x.shape[0], h = half.shape[0] - 1, i, lo, hi, a, b
+    cdef Py_ssize_t n = x.shape[0], h = half.shape[0] - 1
     cdef const real_t* xp
     cdef real_t* yp
     cdef const double* lp = NULL
@@ -49,20 +44,4 @@ def correlate_symmetric(const real_t[::1] x not None, const real_t[::1] half not
     xp = &x[0]
     yp = &out[0]
     with nogil:
-        a = h if h < n else n          # outputs [0, a) and [b, n) see the boundary
-        b = n - h if n - h > a else a
-        lo = a
-        while lo < b:
-            hi = lo + TILE
-            if hi > b:
-                hi = b
-            conv_interior(xp, yp, lo, hi, &half[0], h)
-            lo = hi
-        if mode == MODE_INTERP:
-            if h:
-                conv_edges_interp(xp, n, yp, h, lp, rp)
-        else:
-            for i in range(a):
-                yp[i] = conv_at(xp, n, i, &half[0], h, mode, cv)
-            for i in range(b, n):
-                yp[i] = conv_at(xp, n, i, &half[0], h, mode, cv)
+        correlate_tiled(xp, n, yp, &half[0], h, mode, cv, lp, rp)

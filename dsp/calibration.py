@@ -1,8 +1,10 @@
 """TOF -> m/z calibration: the frame's law, its inverse, and a refit from calibrant peaks.
 
-The law (docs/protocol.md, ``instrument.frames.AxisKind.TOF``): sample ``i`` has flight time
-``t = t0_ns + i * dt_ns`` (ns) and ``sqrt(m/z) = c0 + c1 * t_us + c2 * t_us**2`` with
-``t_us = t / 1000``. Frames may instead carry an explicit float64 m/z axis.
+The law (docs/protocol.md, ``instrument.frames.AxisKind.TOF``) is defined once, in
+:mod:`instrument.calibration` (``mz_at``, ``mz_axis``, ``mz_to_index`` are re-exported here):
+sample ``i`` has flight time ``t = t0_ns + i * dt_ns`` (ns) and
+``sqrt(m/z) = c0 + c1 * t_us + c2 * t_us**2`` with ``t_us = t / 1000``. Frames may instead carry
+an explicit float64 m/z axis.
 
 The scan kernel never builds the axis: it evaluates the law only at the samples a centroid needs
 (``m/z = r**2``, no square root). :func:`mz_axis` is for callers that want the whole axis
@@ -16,50 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from instrument.calibration import mz_at, mz_axis, mz_to_index  # the TOF law: one definition
 from instrument.frames import Calibration
 
 __all__ = ["mz_axis", "mz_at", "mz_to_index", "fit_calibration", "refit_calibration", "CalibrationFit",
            "AxisCache"]
-
-
-def mz_at(calibration: Calibration, index) -> np.ndarray:
-    """m/z at (fractional) sample indices (float64)."""
-    i = np.asarray(index, dtype=np.float64)
-    t_us = (calibration.t0_ns + i * calibration.dt_ns) / 1000.0
-    r = calibration.c0 + calibration.c1 * t_us + calibration.c2 * t_us * t_us
-    return r * r
-
-
-def mz_axis(calibration: Calibration, n_samples: int, out: np.ndarray | None = None) -> np.ndarray:
-    """m/z of every sample, float64 (the same law as instrument.spectrum_model.mz_axis)."""
-    if n_samples < 0:
-        raise ValueError(f"n_samples must be >= 0, got {n_samples!r}")
-    if out is None:
-        out = np.empty(n_samples, np.float64)
-    elif out.shape != (n_samples,) or out.dtype != np.float64:
-        raise ValueError(f"out must be a float64 array of shape ({n_samples},)")
-    np.multiply(np.arange(n_samples, dtype=np.float64), calibration.dt_ns, out=out)
-    out += calibration.t0_ns
-    out /= 1000.0
-    t = out.copy() if calibration.c2 else None
-    out *= calibration.c1
-    out += calibration.c0
-    if t is not None:
-        out += calibration.c2 * t * t
-    np.square(out, out=out)
-    return out
-
-
-def mz_to_index(calibration: Calibration, mz) -> np.ndarray:
-    """Fractional sample index of each m/z (the inverse of the law on its increasing branch)."""
-    r = np.sqrt(np.asarray(mz, dtype=np.float64))
-    c0, c1, c2 = calibration.c0, calibration.c1, calibration.c2
-    if c2 == 0.0:
-        t_us = (r - c0) / c1
-    else:
-        disc = c1 * c1 - 4.0 * c2 * (c0 - r)
-        t_us = (-c1 + np.sqrt(disc)) / (2.0 * c2)
-    return (t_us * 1000.0 - calibration.t0_ns) / calibration.dt_ns
 
 
 class CalibrationFit(NamedTuple):

@@ -1,6 +1,6 @@
 """Scoring picked peaks against known true peaks (simulated spectra), for tests and benchmarks.
 
-Rules (the issue's thresholds):
+Rules (the thresholds of the DSP's goals, docs/dsp.md "Performance"):
 
 * a true peak counts for recall if its S/N is >= ``recall_snr`` (10) and it is not ``blended``
   (another true peak at least 10 % as high within one FWHM); it is found if a picked peak lies

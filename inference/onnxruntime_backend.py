@@ -19,7 +19,6 @@ because native code reads their memory.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +142,3 @@ class OnnxRuntimeBackend(Backend):
             self._io = None
             self._session = None
         super().close()
-
-
-def default_intra_op_threads() -> int:
-    """1 on machines with few cores (the daemon needs them for DSP), else 2."""
-    return 1 if (os.cpu_count() or 1) <= 4 else 2

@@ -6,13 +6,15 @@ sample arrays are views into the slot, never copies. Several consumers (DSP, the
 capture recorder, a spectrum tap) read the same frames through their own cursors, so a
 frame is copied once however many consumers there are.
 
-Concurrency (why there is no lock on the hot path)
----------------------------------------------------
+Concurrency (why no lock guards the slots and cursors)
+-------------------------------------------------------
 The producer is the only writer of ``_head`` and of slot contents; each reader is the
 only writer of its own ``_cursor`` and ``_held``. Under CPython's GIL every attribute
 load/store is atomic and all threads observe them in one global order (sequential
 consistency), which is all the protocol below needs. It is *not* valid on a
-free-threaded (no-GIL) build without adding memory barriers or a lock.
+free-threaded (no-GIL) build without adding memory barriers or a lock. (The wake-ups are not
+lock-free: ``put()`` sets each reader's ``threading.Event``, which takes that event's lock,
+once per reader per frame.)
 
 * Publish: the producer fills slot ``h % N`` and stamps it with ``h`` before storing
   ``_head = h + 1``; a reader only touches slots with index < ``_head``.

@@ -8,8 +8,8 @@ Instrument axis (TOF)
 Sample ``i`` has flight time ``t = t0_ns + i * dt_ns`` (ns) and
 ``sqrt(m/z) = c0 + c1 * t_us + c2 * t_us**2`` with ``t_us = t / 1000``.
 :func:`default_calibration` chooses coefficients so that ``n_samples`` samples cover
-m/z 95 .. 2100 (the frame's :class:`~instrument.frames.Calibration`); :func:`mz_axis` is the one
-reference implementation of that law.
+m/z 95 .. 2100 (the frame's :class:`~instrument.frames.Calibration`). The law itself is
+:mod:`instrument.calibration` (``mz_axis``, ``mz_to_index``, ``mz_per_sample`` are re-exported here).
 
 Peak shape and resolving power
 ------------------------------
@@ -58,6 +58,7 @@ from typing import Callable
 
 import numpy as np
 
+from instrument.calibration import mz_axis, mz_per_sample, mz_to_index, time_us_for_mz  # the TOF law
 from instrument.frames import Calibration
 
 CLASS_LABELS: tuple[str, ...] = ("background", "peptide", "lipid", "small_molecule", "polymer")
@@ -121,14 +122,6 @@ over all samples, base-peak S/N."""
 _DEFAULT_C = (0.012, 0.9995, 1.5e-6)  # c0, c1 (per us), c2 (per us^2)
 
 
-def _time_us_for_mz(mz: float, c0: float, c1: float, c2: float) -> float:
-    """Flight time (us) where sqrt(mz) = c0 + c1 t + c2 t^2 (the positive root)."""
-    r = math.sqrt(mz)
-    if c2 == 0.0:
-        return (r - c0) / c1
-    return (-c1 + math.sqrt(c1 * c1 - 4.0 * c2 * (c0 - r))) / (2.0 * c2)
-
-
 def default_calibration(n_samples: int = DEFAULT_N_SAMPLES, mz_min: float = MZ_MIN,
                         mz_max: float = MZ_MAX) -> Calibration:
     """Calibration whose ``n_samples`` samples span m/z ``mz_min`` .. ``mz_max``."""
@@ -137,34 +130,9 @@ def default_calibration(n_samples: int = DEFAULT_N_SAMPLES, mz_min: float = MZ_M
     if not 0 < mz_min < mz_max:
         raise ValueError(f"need 0 < mz_min < mz_max, got {mz_min!r}, {mz_max!r}")
     c0, c1, c2 = _DEFAULT_C
-    t_lo = _time_us_for_mz(mz_min, c0, c1, c2) * 1000.0
-    t_hi = _time_us_for_mz(mz_max, c0, c1, c2) * 1000.0
+    t_lo = time_us_for_mz(mz_min, c0, c1, c2) * 1000.0
+    t_hi = time_us_for_mz(mz_max, c0, c1, c2) * 1000.0
     return Calibration(t0_ns=t_lo, dt_ns=(t_hi - t_lo) / (n_samples - 1), c0=c0, c1=c1, c2=c2)
-
-
-def mz_axis(calibration: Calibration, n_samples: int) -> np.ndarray:
-    """m/z of each sample (float64, length ``n_samples``): the reference TOF law of the frames."""
-    t_us = (calibration.t0_ns + np.arange(n_samples, dtype=np.float64) * calibration.dt_ns) / 1000.0
-    root = calibration.c0 + calibration.c1 * t_us + calibration.c2 * t_us * t_us
-    return root * root
-
-
-def mz_to_index(calibration: Calibration, mz) -> np.ndarray:
-    """Fractional sample index of each m/z (inverse of :func:`mz_axis`; float64)."""
-    r = np.sqrt(np.asarray(mz, dtype=np.float64))
-    c0, c1, c2 = calibration.c0, calibration.c1, calibration.c2
-    if c2 == 0.0:
-        t_us = (r - c0) / c1
-    else:
-        t_us = (-c1 + np.sqrt(c1 * c1 - 4.0 * c2 * (c0 - r))) / (2.0 * c2)
-    return (t_us * 1000.0 - calibration.t0_ns) / calibration.dt_ns
-
-
-def mz_per_sample(calibration: Calibration, mz) -> np.ndarray:
-    """Local axis spacing d(m/z)/d(index) at each m/z (float64)."""
-    r = np.sqrt(np.asarray(mz, dtype=np.float64))
-    t_us = (mz_to_index(calibration, mz) * calibration.dt_ns + calibration.t0_ns) / 1000.0
-    return 2.0 * r * (calibration.c1 + 2.0 * calibration.c2 * t_us) * calibration.dt_ns / 1000.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,10 +554,6 @@ class ScanTruth:
     _peaks: np.ndarray | None = field(default=None, repr=False)
     _build_peaks: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _build_baseline: Callable[[], np.ndarray] | None = field(default=None, repr=False)
-
-    @property
-    def label_name(self) -> str:
-        return CLASS_LABELS[self.label]
 
     @property
     def peaks(self) -> np.ndarray:

@@ -19,11 +19,30 @@ from dsp.processor import ScanParams, ScanProcessor
 from instrument.frames import HEADER_SIZE, FrameHeader
 from instrument.imaging import position_of
 from instrument.ring import Slot
+from ionstream.client.wire import PEAK_FIELDS
+from ionstream.config import DspConfig
 
-__all__ = ["PEAK_FIELDS", "ProcessedScan", "ScanWork", "TraceEvents", "scan_params"]
+__all__ = ["PEAK_FIELDS", "DEFAULT_SMOOTHING", "ProcessedScan", "ScanWork", "TraceEvents", "dsp_params",
+           "scan_params", "trace_names"]
 
-# The wire layout of the `peaks` topic (docs/wire.md): name, little-endian dtype.
-PEAK_FIELDS = (("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
+# PEAK_FIELDS (name, little-endian dtype), the one list of peak columns, is the wire layout of the
+# `peaks` topic: it is defined in ionstream.client.wire so that the client library needs no DSP.
+
+DEFAULT_SMOOTHING: str = DspConfig.smoothing
+"""The configuration's default ``[dsp] smoothing``; a preset's own choice wins over it."""
+
+
+def dsp_params(dsp_config: Any) -> dict[str, Any]:
+    """The ScanProcessor parameters of a ``[dsp]`` section (an ionstream.config.DspConfig, or any
+    object with ``smoothing``, ``min_snr`` and optionally ``preset``): what the daemon, reprocess and
+    the mzML tools give :func:`scan_params`."""
+    return {"smoothing": dsp_config.smoothing, "min_snr": dsp_config.min_snr,
+            "preset": getattr(dsp_config, "preset", "") or ""}
+
+
+def trace_names(xic: Any) -> list[str]:
+    """Names of the ``trace`` topic's values for these XIC windows (m/z): ``tic``, ``xic:LO-HI``..."""
+    return ["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in xic]
 
 
 @dataclass(slots=True)
@@ -48,7 +67,7 @@ def scan_params(dsp_params: dict[str, Any], xic_windows: list[tuple[float, float
     With a preset, ``smoothing`` at the configuration's default ('savgol') leaves the preset's choice."""
     params = dict(dsp_params)
     preset = params.pop("preset", "") or ""
-    if preset and params.get("smoothing") == "savgol":
+    if preset and params.get("smoothing") == DEFAULT_SMOOTHING:
         del params["smoothing"]
     return ScanParams.for_preset(preset, **params, xic=tuple((float(lo), float(hi)) for lo, hi in xic_windows))
 
@@ -65,6 +84,13 @@ class ScanWork:
 
             self._features = FeatureExtractor(feature_spec)
         self._spectrum_pool = spectrum_pool
+
+    @classmethod
+    def from_config(cls, dsp_config: Any, *, feature_spec=None, spectrum_pool=None) -> "ScanWork":
+        """The ScanWork of a ``[dsp]`` section (see :func:`dsp_params`; ``xic`` gives the windows):
+        the one construction the daemon's workers, reprocess and the mzML tools share."""
+        return cls(dsp_params=dsp_params(dsp_config), xic_windows=[tuple(w) for w in dsp_config.xic],
+                   feature_spec=feature_spec, spectrum_pool=spectrum_pool)
 
     def __call__(self, slot: Slot) -> ProcessedScan:
         scan = self.process(slot.header, slot.samples(), slot.mz_axis())

@@ -1,6 +1,8 @@
-"""Helpers shared by the tests that run ionstream as a subprocess (not a test module)."""
+"""Helpers shared by the tests (not a test module): the CLI as a subprocess, free ports, polling."""
 import socket
 import sys
+import time
+from collections.abc import Callable
 
 IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
 
@@ -10,3 +12,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, *, interval: float = 0.01,
+               step: Callable[[], object] | None = None) -> bool:
+    """Poll ``condition`` (made true by another thread or process) until it is true or ``timeout``
+    seconds pass; the last evaluation's truth. Callers assert it: ``assert wait_until(...)``.
+    ``step`` runs before each poll (a Qt app's ``processEvents``). A deadline, never a sleep that
+    stands in for synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if step is not None:
+            step()
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

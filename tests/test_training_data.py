@@ -207,7 +207,7 @@ def test_mzml_labelled_file(tmp_path, runs, capsys):
     pytest.importorskip("psims")
     pytest.importorskip("pyteomics")
     from ionstream.cli.train import mzml_reader
-    from ionstream.offline.mzml import export_capture
+    from ionstream.offline.export import export_capture
 
     mzml = tmp_path / "polymer0.mzML"
     export_capture(runs / "polymer" / "run0.isc", mzml)

@@ -4,7 +4,7 @@
 gives each spectrum the label of the one row that selects it, and turns it into the feature
 vector the daemon would compute for it (:class:`dsp.features.FeatureExtractor` on the frame's
 m/z axis: captures' TOF calibration, or an explicit axis). Captures are read here (instrument/);
-mzML files through a reader the caller passes (ionstream.offline.mzml.read_mzml_spectra: the import
+mzML files through a reader the caller passes (ionstream.offline.spectra.read_mzml_spectra: the import
 contract keeps inference/ from importing the application).
 
 Every problem is a :class:`~inference.training.TrainingError` naming the file and, where there
@@ -34,7 +34,7 @@ MIN_TRAIN_COVERAGE = 0.999
 
 
 class SpectrumLike(Protocol):
-    """What a reader yields per spectrum (ionstream.offline.mzml.Spectrum has these)."""
+    """What a reader yields per spectrum (ionstream.offline.spectra.Spectrum has these)."""
 
     scan: int                 # instrument scan number
     time_s: float             # s from the run start

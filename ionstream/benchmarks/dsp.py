@@ -269,7 +269,7 @@ def _bench_openms(args, progress, model, scans) -> dict:
     try:
         import pyopenms  # noqa: F401
         from dsp.processor import spectrum_params
-        from ionstream.offline.mzml import read_mzml_spectra
+        from ionstream.offline.spectra import read_mzml_spectra
         from openms_oracle import agreement, apex_snr, openms_centroids
     except ImportError as exc:
         progress(f"OpenMS comparison skipped: {exc}")

@@ -71,15 +71,9 @@ def _timed_run(paths, out: Path, settings, client) -> tuple[float, int]:
 
 
 def run(args: argparse.Namespace, progress) -> dict:
-    from ionstream.offline.reprocess import (
-        Settings,
-        open_client,
-        plan,
-        process_capture,
-        quiet_dask_logs,
-        reprocess,
-        settings_hash,
-    )
+    from ionstream.offline.reprocess import open_client, plan, quiet_dask_logs, reprocess
+    from ionstream.offline.reprocess_settings import Settings, settings_hash
+    from ionstream.offline.reprocess_worker import process_capture
 
     quiet_dask_logs()
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="ionstream-bench-reprocess-"))
@@ -147,7 +141,8 @@ def run(args: argparse.Namespace, progress) -> dict:
 
 
 def _warm_worker(settings: dict) -> int:
-    from ionstream.offline.reprocess import Settings, classifier_for
+    from ionstream.offline.reprocess_settings import Settings
+    from ionstream.offline.reprocess_worker import classifier_for
 
     s = Settings.from_dict(settings)
     if s.backend != "none":

@@ -176,8 +176,10 @@ def _raw_header_tail(topic: str, arrays: list[np.ndarray], names: list[str]) -> 
 
 def run_raw(spectrum, peaks, scans: int, rate: float | None) -> dict[str, Any]:
     ctx = zmq.Context.instance()
-    spectrum_tail = _raw_header_tail("spectrum", spectrum, ["mz", "intensity"])
-    peaks_tail = _raw_header_tail("peaks", peaks, ["mz", "intensity", "area", "fwhm", "snr"])
+    from ionstream.client.wire import LAYOUTS
+
+    spectrum_tail = _raw_header_tail("spectrum", spectrum, list(LAYOUTS["spectrum"]))
+    peaks_tail = _raw_header_tail("peaks", peaks, list(LAYOUTS["peaks"]))
     with ctx.socket(zmq.XPUB) as sock:
         sock.sndhwm = 0
         sock.bind("tcp://127.0.0.1:*")

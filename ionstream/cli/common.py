@@ -102,6 +102,37 @@ def client_curve(args: argparse.Namespace):
     return client_from_args(getattr(args, "curve_key", None), getattr(args, "curve_server_key", None))
 
 
+def request_control(args: argparse.Namespace, command: dict[str, Any], log: logging.Logger, *,
+                    timeout: float | None = None) -> dict[str, Any] | int:
+    """Send one control command to the daemon that ``args`` names (endpoint, CURVE key files).
+
+    Returns the daemon's reply, or an exit status after logging one sentence that says why there is
+    none: 2 for a bad configuration, key file or endpoint; 1 when no daemon answers or it refuses
+    our key. ``timeout`` (s) is the client's reply timeout (its default when None).
+    """
+    from ionstream.client.control import ControlClient, ControlError
+    from ionstream.client.keys import SecurityError
+
+    try:
+        endpoint = control_endpoint(args)
+        curve = client_curve(args)
+    except ConfigError as exc:
+        return report_config_error(log, exc)
+    except SecurityError as exc:
+        log.error("%s", exc)
+        return 2
+    options = {} if timeout is None else {"timeout": timeout}
+    try:
+        with ControlClient(endpoint, curve=curve, **options) as client:
+            return client.request(command)
+    except ControlError as exc:  # no daemon there, or it refused our key: say so, no traceback
+        log.error("%s", exc)
+        return 1
+    except Exception as exc:  # a malformed endpoint (zmq.ZMQError): one sentence, no traceback
+        log.error("cannot reach %s: %s", endpoint, error_sentence(exc))
+        return 2
+
+
 def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = None, *,
                 offline: bool = False) -> Config:
     """The ``-c`` file (defaults without one) with command-line ``overrides``; ConfigError if invalid.

@@ -34,12 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from instrument.capture import CaptureError
     from ionstream.cli.import_mzml import progress_bar
-    from ionstream.offline.mzml import (
-        MzMLError,
-        count_spectra,
-        dsp_params_from_config,
-        export_capture,
-    )
+    from ionstream.offline.export import export_capture
+    from ionstream.offline.peaks import dsp_params_from_config
+    from ionstream.offline.spectra import MzMLError, count_spectra
 
     try:
         dsp = None

@@ -42,7 +42,8 @@ def progress_bar(total: int | None, desc: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ionstream.offline.mzml import MzMLError, count_spectra, import_mzml
+    from ionstream.offline.mzml_import import import_mzml
+    from ionstream.offline.spectra import MzMLError, count_spectra
 
     try:
         total = count_spectra(args.mzml)

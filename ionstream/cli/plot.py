@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def find_scan(path, scan: int | None = None, index: int | None = None, *, tic: bool = False):
     """(Spectrum with copied arrays, TIC as (times s, values, scan numbers) or None)."""
-    from ionstream.offline.mzml import read_spectra
+    from ionstream.offline.spectra import read_spectra
 
     found = None
     times, values, numbers, levels = [], [], [], []
@@ -68,8 +68,9 @@ def find_scan(path, scan: int | None = None, index: int | None = None, *, tic: b
 
 
 def pick(spectrum, dsp_params: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
-    """The pipeline's peaks for this spectrum (ionstream.offline.mzml.PeakPicker), or None for a centroided one."""
-    from ionstream.offline.mzml import MzMLError, PeakPicker
+    """The pipeline's peaks for this spectrum (ionstream.offline.peaks.PeakPicker), or None for a centroided one."""
+    from ionstream.offline.peaks import PeakPicker
+    from ionstream.offline.spectra import MzMLError
 
     if spectrum.centroided:
         return None
@@ -150,7 +151,8 @@ def main(args: argparse.Namespace) -> int:
     from instrument.capture import CaptureError
     from ionstream.cli.common import load_config, report_config_error
     from ionstream.config import ConfigError
-    from ionstream.offline.mzml import MzMLError, dsp_params_from_config, is_capture
+    from ionstream.offline.peaks import dsp_params_from_config
+    from ionstream.offline.spectra import MzMLError, is_capture
 
     try:
         dsp = dsp_params_from_config(load_config(args, offline=True))

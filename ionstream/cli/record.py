@@ -15,11 +15,10 @@ from ionstream.cli.common import (
     add_curve_arguments,
     add_deprecated_alias,
     apply_log_config,
-    client_curve,
-    control_endpoint,
     error_sentence,
     load_config,
     report_config_error,
+    request_control,
 )
 from ionstream.config import Config, ConfigError
 
@@ -126,32 +125,15 @@ def record_standalone(config: Config, out: str, duration_s: float | None, *, sta
 
 
 def _drive_daemon(args: argparse.Namespace) -> int:
-    from ionstream.client.control import ControlClient, ControlError
-    from ionstream.client.keys import SecurityError
-
     if args.action == "start" and not args.path:
         log.error("`record start` needs a PATH")
         return 2
     command = {"cmd": "record", "action": args.action}
     if args.path:
         command["path"] = args.path
-    try:
-        endpoint = control_endpoint(args)
-        curve = client_curve(args)
-    except ConfigError as exc:
-        return report_config_error(log, exc)
-    except SecurityError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        with ControlClient(endpoint, curve=curve) as client:
-            reply = client.request(command)
-    except ControlError as exc:  # no daemon there, or it refused our key: say so, no traceback
-        log.error("%s", exc)
-        return 1
-    except Exception as exc:  # a malformed endpoint (zmq.ZMQError): one sentence, no traceback
-        log.error("cannot reach %s: %s", endpoint, error_sentence(exc))
-        return 2
+    reply = request_control(args, command, log)
+    if isinstance(reply, int):
+        return reply
     if not reply.get("ok"):
         log.error("the daemon refused: %s", error_sentence(str(reply.get("error"))))
         return 1

@@ -6,15 +6,7 @@ import json
 import logging
 from typing import Any
 
-from ionstream.cli.common import (
-    add_control_arguments,
-    add_deprecated_alias,
-    client_curve,
-    control_endpoint,
-    error_sentence,
-    report_config_error,
-)
-from ionstream.config import ConfigError
+from ionstream.cli.common import add_control_arguments, add_deprecated_alias, request_control
 
 HELP = "show a running daemon's health (over its control socket)"
 DESCRIPTION = (
@@ -75,7 +67,7 @@ def _fmt(fmt: str, value: Any) -> str:
         return str(value)
 
 
-def format_status(doc: dict[str, Any]) -> list[str]:
+def status_report_lines(doc: dict[str, Any]) -> list[str]:
     """The reply as aligned ``label  value`` lines: the main figures, then every other key."""
     lines = []
     shown = {"ok", "cmd", "id"}
@@ -96,33 +88,16 @@ def format_status(doc: dict[str, Any]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ionstream.client.control import ControlClient, ControlError
-    from ionstream.client.keys import SecurityError
-
-    try:
-        endpoint = control_endpoint(args)
-        curve = client_curve(args)
-    except ConfigError as exc:
-        return report_config_error(log, exc)
-    except SecurityError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        with ControlClient(endpoint, timeout=args.timeout, curve=curve) as client:
-            reply = client.request({"cmd": "status"})
-    except ControlError as exc:
-        log.error("%s", exc)
-        return 1
-    except Exception as exc:  # a malformed endpoint (zmq.ZMQError): one sentence, no traceback
-        log.error("cannot reach %s: %s", endpoint, error_sentence(exc))
-        return 2
+    reply = request_control(args, {"cmd": "status"}, log, timeout=args.timeout)
+    if isinstance(reply, int):
+        return reply
     if args.json:
         print(json.dumps(reply, sort_keys=True))
     if not reply.get("ok"):
         log.error("daemon refused: %s", reply.get("error"))
         return 1
     if not args.json:
-        print("\n".join(format_status(reply)))
+        print("\n".join(status_report_lines(reply)))
     return exit_code(reply)
 
 

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def mzml_reader():
     """The mzML reader for inference.training (profile spectra; MS level filtering is the labels' job)."""
-    from ionstream.offline.mzml import read_mzml_spectra
+    from ionstream.offline.spectra import read_mzml_spectra
 
     return read_mzml_spectra
 

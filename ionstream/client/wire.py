@@ -34,8 +34,15 @@ SCHEMA_VERSION: tuple[int, int] = (1, 0)
 TOPICS: tuple[str, ...] = ("peaks", "class", "spectrum", "trace", "status", "image")
 """The topics ionstream publishes (docs/wire.md § Topics)."""
 
+PEAK_FIELDS: tuple[tuple[str, str], ...] = (
+    ("mz", "<f8"), ("intensity", "<f4"), ("area", "<f4"), ("fwhm", "<f4"), ("snr", "<f4"))
+"""The columns of a peak list, ``(name, little-endian dtype)``, in frame order: the ``peaks`` topic
+(docs/wire.md), the mzML/CSV peak lists and reprocess's peaks.parquet all take them from here
+(``ionstream.processing.PEAK_FIELDS`` is this tuple). Units: m/z; counts (intensity, area above
+the baseline); m/z (FWHM); signal-to-noise ratio."""
+
 LAYOUTS: dict[str, tuple[str, ...]] = {
-    "peaks": ("mz", "intensity", "area", "fwhm", "snr"),
+    "peaks": tuple(name for name, _dtype in PEAK_FIELDS),
     "class": ("probabilities",),
     "spectrum": ("mz", "intensity"),
     "trace": ("values",),
@@ -239,11 +246,6 @@ def close_header(open_header: bytes, seq: int, t_pub_ns: int | None = None) -> b
     if t_pub_ns is None:
         return open_header + b',"seq":%d}' % seq
     return open_header + b',"seq":%d,"t_pub_ns":%d}' % (seq, t_pub_ns)
-
-
-def append_field(header: bytes, key: str, value: int) -> bytes:
-    """Add an integer field to an encoded (closed) header without re-encoding it."""
-    return b'%s,"%s":%d}' % (header[:-1], key.encode("ascii"), value)
 
 
 def encode(topic: str, fields: Mapping[str, Any], arrays: Sequence[np.ndarray] | Mapping[str, np.ndarray] = (),

@@ -70,12 +70,6 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
 
-    def add_handler(self, name: str, handler: Handler) -> None:
-        """Register (or replace) a command before start()."""
-        if self._thread is not None:
-            raise RuntimeError("add handlers before start()")
-        self.handlers[name] = handler
-
     def start(self, timeout: float = 10.0) -> "ControlServer":
         """Bind and start answering; return once bound. RuntimeError if binding fails."""
         if self._thread is not None:
@@ -193,7 +187,7 @@ class ControlServer:
             log.exception("control thread failed; the control socket is closed")
             raise
         finally:
-            from ionstream.daemon.publisher import close_and_wait
+            from ionstream.daemon.zmqutil import close_and_wait
 
             close_and_wait(sock, 1000)  # the endpoint is free again when stop() returns
             pipe.close(0)

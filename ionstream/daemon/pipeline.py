@@ -22,12 +22,12 @@ from instrument.acquisition import AcquisitionThread
 from instrument.ring import RingBuffer
 from instrument.sources import open_source
 from ionstream.config import Config, resolve_capture_path
-from ionstream.processing import ProcessedScan, ScanWork, TraceEvents
+from ionstream.processing import ProcessedScan, ScanWork, TraceEvents, trace_names
 from inference.ood import OodGate
 from ionstream.daemon.images import LiveImages
 from ionstream.daemon.health import HealthLimits, HealthMonitor
 from ionstream.daemon.rates import LatencyWindow, RateWindow
-from ionstream.daemon.stages import DspWorkers, ScanResult, Sequencer
+from ionstream.daemon.stages import DspWorkers, WorkerOutput, Sequencer
 
 log = logging.getLogger("ionstream.daemon.pipeline")
 
@@ -36,7 +36,8 @@ class Pipeline:
     """The running daemon's stages. start() / stop(); snapshot() for status; record_*; reload_model()."""
 
     def __init__(self, config: Config):
-        from ionstream.daemon.publisher import BufferPool, Publisher
+        from ionstream.daemon.buffers import BufferPool
+        from ionstream.daemon.publisher import Publisher
         from ionstream.daemon.security import CurveServer
 
         self.config = config
@@ -66,7 +67,7 @@ class Pipeline:
         self.spectrum_pool = (BufferPool(config.ring.max_samples, np.float32, count=2 * config.ring.slots)
                               if config.publish.spectrum else None)
 
-        self._results: queue.Queue[ScanResult] = queue.Queue(maxsize=4 * config.ring.slots)
+        self._results: queue.Queue[WorkerOutput] = queue.Queue(maxsize=4 * config.ring.slots)
         self.dsp = DspWorkers(self.ring, config.dsp_workers(), self._make_work, self._results)
         self.sequencer = Sequencer(self.dsp, self._results, self._emit, self.ring.head,
                                    max_pending=4 * config.ring.slots)
@@ -121,17 +122,14 @@ class Pipeline:
                                     **options)
 
     def _make_work(self):
-        dsp = self.config.dsp
-        return ScanWork(dsp_params={"smoothing": dsp.smoothing, "min_snr": dsp.min_snr, "preset": dsp.preset},
-                        xic_windows=[tuple(w) for w in dsp.xic],
-                        feature_spec=self.bundle.feature_spec if self.bundle else None,
-                        spectrum_pool=self.spectrum_pool)
+        return ScanWork.from_config(self.config.dsp, feature_spec=self.bundle.feature_spec if self.bundle else None,
+                                    spectrum_pool=self.spectrum_pool)
 
     def _make_traces(self) -> TraceEvents:
-        return TraceEvents(["tic"] + [f"xic:{lo:g}-{hi:g}" for lo, hi in self.config.dsp.xic])
+        return TraceEvents(trace_names(self.config.dsp.xic))
 
     # ---- in-order emission (sequencer thread) -----------------------------------------
-    def _emit(self, result: ScanResult) -> None:
+    def _emit(self, result: WorkerOutput) -> None:
         if result.kind == "status":
             self._on_instrument_status(result)
             return
@@ -144,9 +142,9 @@ class Pipeline:
                  "t_acq_ns": result.host_time_ns, "t_dsp_ns": result.t_dsp_ns}
         peaks = scan.peaks
         self._peaks_total += len(peaks["mz"])
+        # scan.peaks maps each PEAK_FIELDS name to its array, in that order: the buffers' names
         self.publisher.publish("peaks", {**times, "ms_level": scan.ms_level, "polarity": scan.polarity,
-                                         "tic": scan.tic}, [peaks[k] for k in ("mz", "intensity", "area",
-                                                                               "fwhm", "snr")])
+                                         "tic": scan.tic}, peaks)
         if scan.spectrum is not None:
             mz, intensity, release = scan.spectrum
             self.publisher.publish("spectrum", {**times, "kind": "processed"}, [mz, intensity], release=release)
@@ -161,14 +159,14 @@ class Pipeline:
         else:
             self.latency.add(time.monotonic_ns() - result.host_mono_ns)
 
-    def _publish_trace(self, result: ScanResult, scan: ProcessedScan, times: dict) -> None:
+    def _publish_trace(self, result: WorkerOutput, scan: ProcessedScan, times: dict) -> None:
         values = np.concatenate(([scan.tic], scan.xic)).astype("<f8")
         events = self.traces.update(result.scan_number, result.device_time_ns, scan.tic, scan.xic)
         self.publisher.publish("trace", {**times, "names": self.traces.names, "events": events}, [values])
 
     def _on_class(self, cls) -> None:
         """Batcher thread, in order: publish the label and close the scan's latency."""
-        result: ScanResult = cls.key
+        result: WorkerOutput = cls.key
         now = time.time_ns()
         if cls.error is None:
             self._classified += 1
@@ -194,7 +192,7 @@ class Pipeline:
             return str(info.get(key) or (info.get("name") if key == "backend" else "") or "")
         return str(info or "") if key == "backend" else ""
 
-    def _on_instrument_status(self, result: ScanResult) -> None:
+    def _on_instrument_status(self, result: WorkerOutput) -> None:
         import dataclasses
         import struct
 

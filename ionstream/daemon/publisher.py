@@ -40,12 +40,12 @@ that *reuses* a large buffer (a pool, a ring slot) passes ``release``: a callabl
 publisher calls exactly once when it no longer needs the arrays: when ZeroMQ has
 released every zero-copy frame of the message (pyzmq ``MessageTracker.done``), or at once
 if the message was dropped or had no zero-copy arrays. The caller must not write to the
-arrays before then. :class:`BufferPool` does this bookkeeping. A caller whose arrays are
-fresh for each message passes no ``release``: nothing else is needed.
+arrays before then. :class:`ionstream.daemon.buffers.BufferPool` does this bookkeeping. A
+caller whose arrays are fresh for each message passes no ``release``: nothing else is needed.
 
 Without ``release`` a large array goes zero-copy only if nothing else can write its memory
-(:func:`owns_its_memory`: it owns its data, or it views read-only memory); a view of
-someone's writable buffer (a ring slot, say) is copied instead, counted in
+(:func:`ionstream.daemon.buffers.owns_its_memory`: it owns its data, or it views read-only
+memory); a view of someone's writable buffer (a ring slot, say) is copied instead, counted in
 ``pub_guard_copies`` and logged at DEBUG, so a forgotten ``release`` costs a copy, never
 corrupted data. With ``release`` the caller vouches for every array of the message.
 
@@ -70,7 +70,9 @@ import numpy as np
 import zmq
 
 from ionstream.client import wire
+from ionstream.daemon.buffers import owns_its_memory
 from ionstream.daemon.security import CurveServer, check_bind_endpoint
+from ionstream.daemon.zmqutil import close_and_wait
 
 log = logging.getLogger("ionstream.daemon.publisher")
 
@@ -508,115 +510,3 @@ class Publisher:
         except Exception:
             self.release_errors += 1
             log.exception("a release callback raised; counted, continuing")
-
-
-def close_and_wait(sock: zmq.Socket, timeout_ms: int) -> None:
-    """Close ``sock`` (with its linger) and wait until ZeroMQ has really closed it.
-
-    zmq_close() returns at once and the reaper thread closes the listener later, so binding
-    the same endpoint again right after close() could fail. A monitor reports
-    EVENT_MONITOR_STOPPED when the socket is gone: after that the endpoint is free. (unbind()
-    first would be quicker but discards messages still queued for subscribers.)
-    """
-    try:
-        monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED | zmq.EVENT_MONITOR_STOPPED)
-    except zmq.ZMQError:
-        sock.close()
-        return
-    try:
-        sock.close()
-        deadline = time.monotonic() + timeout_ms / 1000
-        while monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-            from zmq.utils.monitor import recv_monitor_message
-
-            if recv_monitor_message(monitor)["event"] == zmq.EVENT_MONITOR_STOPPED:
-                break
-    finally:
-        monitor.close(0)
-
-
-def owns_its_memory(array: np.ndarray) -> bool:
-    """True if nothing but ``array`` itself can write its memory, so a zero-copy send is safe
-    without a ``release``: it owns its data (a fresh array), or it views read-only memory (a
-    read-only array, ``bytes``). A view of a writable array (a ring slot, a pooled or reused
-    buffer, a slice of anything) is False: its owner may write it while ZeroMQ still reads it.
-    """
-    if array.flags.owndata:
-        return True
-    base = array.base
-    while isinstance(base, np.ndarray):
-        if base.base is None:
-            return not base.flags.writeable
-        base = base.base
-    return isinstance(base, bytes)
-
-
-class BufferPool:
-    """Preallocated arrays for zero-copy publishing, recycled when the publisher releases them.
-
-    ::
-
-        pool = BufferPool(shape=(65536,), dtype=np.float32, count=16)
-        buf, release = pool.acquire()      # never blocks: a fresh array if the pool is empty
-        np.multiply(raw, gain, out=buf)
-        publisher.publish("spectrum", fields, [mz, buf], release=release)
-
-    ``acquire()`` never waits: when every pooled array is still held (a slow subscriber
-    keeps messages queued in ZeroMQ), it allocates a new one (``misses`` counts them) and
-    takes it into the pool on release if the pool has room. ``release`` is idempotent.
-    """
-
-    def __init__(self, shape: int | tuple[int, ...], dtype: Any, count: int):
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
-        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.dtype = np.dtype(dtype)
-        self.count = count
-        self._free: list[np.ndarray] = [np.zeros(self.shape, self.dtype) for _ in range(count)]
-        self._lock = threading.Lock()
-        self._companions: dict[np.dtype, BufferPool] = {}
-        self.misses = 0
-        self.in_use = 0
-
-    def companion(self, dtype: Any) -> "BufferPool":
-        """A pool of the same shape and count for ``dtype``, made on first use and then shared.
-
-        For a second array that travels with this pool's (an explicit m/z axis next to the
-        intensities): every thread using this pool gets the same companion.
-        """
-        dtype = np.dtype(dtype)
-        with self._lock:
-            pool = self._companions.get(dtype)
-            if pool is None:
-                pool = self._companions[dtype] = BufferPool(self.shape, dtype, self.count)
-        return pool
-
-    def acquire(self) -> tuple[np.ndarray, Callable[[], None]]:
-        """(array, release): write the array, pass ``release`` to ``publish``."""
-        with self._lock:
-            self.in_use += 1
-            if self._free:
-                # Last released, first reused: while the pool is not exhausted only a few of its
-                # arrays are ever written, so the rest never become resident memory.
-                array = self._free.pop()
-            else:
-                self.misses += 1
-                array = None
-        if array is None:
-            array = np.empty(self.shape, self.dtype)
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                done = True
-                self.in_use -= 1
-                if len(self._free) < self.count:
-                    self._free.append(array)
-
-        return array, release
-
-    def stats(self) -> dict[str, int]:
-        return {"pool_size": self.count, "pool_in_use": self.in_use, "pool_misses": self.misses}

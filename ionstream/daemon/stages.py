@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from instrument.frames import FrameType
 from instrument.ring import RingBuffer, RingReader, Slot
@@ -32,7 +31,7 @@ log = logging.getLogger("ionstream.daemon.stages")
 
 
 @dataclass(slots=True)
-class ScanResult:
+class WorkerOutput:
     """What one DSP worker made of one ring slot (times in ns since the epoch)."""
 
     index: int                    # ring index (global arrival order)
@@ -51,7 +50,7 @@ class DspWorkers:
     """N worker threads turning ring slots into ScanResults via ``process(slot) -> payload``."""
 
     def __init__(self, ring: RingBuffer, n_workers: int, make_processor: Callable[[], Callable[[Slot], Any]],
-                 out: "queue.Queue[ScanResult]"):
+                 out: "queue.Queue[WorkerOutput]"):
         self.n = n_workers
         self._ring = ring
         self._out = out
@@ -166,9 +165,9 @@ class DspWorkers:
             self.watermarks[w] = max(self.watermarks[w], reader.ring.head)
             reader.close()
 
-    def _process_one(self, k: int, slot: Slot, process: Callable[[Slot], Any], w: int) -> ScanResult:
+    def _process_one(self, k: int, slot: Slot, process: Callable[[Slot], Any], w: int) -> WorkerOutput:
         h = slot.header
-        result = ScanResult(k, h.sequence, h.scan_number, h.device_time_ns, slot.host_time_ns, slot.host_mono_ns)
+        result = WorkerOutput(k, h.sequence, h.scan_number, h.device_time_ns, slot.host_time_ns, slot.host_mono_ns)
         t0 = time.perf_counter_ns()
         if h.frame_type != FrameType.SCAN:
             result.kind = "status"
@@ -197,12 +196,12 @@ class Sequencer:
     never unbounded memory.
     """
 
-    def __init__(self, workers: DspWorkers, results: "queue.Queue[ScanResult]",
-                 emit: Callable[[ScanResult], None], start_index: int, *, max_pending: int = 4096):
+    def __init__(self, workers: DspWorkers, results: "queue.Queue[WorkerOutput]",
+                 emit: Callable[[WorkerOutput], None], start_index: int, *, max_pending: int = 4096):
         self._workers = workers
         self._results = results
         self._emit = emit
-        self._pending: dict[int, ScanResult] = {}
+        self._pending: dict[int, WorkerOutput] = {}
         self.max_pending = max_pending
         self.next_index = start_index
         self.emitted = 0

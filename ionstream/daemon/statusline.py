@@ -65,7 +65,7 @@ def status_fields(s: dict[str, Any]) -> list[tuple[int, str]]:
     return fields
 
 
-def format_status(s: dict[str, Any], width: int | None = None) -> str:
+def format_status_line(s: dict[str, Any], width: int | None = None) -> str:
     """One line from a pipeline snapshot (see Pipeline.snapshot), at most ``width`` characters.
 
     Without ``width`` every field is shown. With it, the least important fields are dropped
@@ -148,11 +148,11 @@ class StatusLine:
             if not self._hooked:
                 self._hook_logging()
             with self._lock:
-                self._line = format_status(snapshot, max(1, self.columns() - 1))
+                self._line = format_status_line(snapshot, max(1, self.columns() - 1))
                 self._redraw()
         elif time.monotonic() - self._last_log >= self.log_interval_s:
             self._last_log = time.monotonic()
-            log.info("status: %s", format_status(snapshot))
+            log.info("status: %s", format_status_line(snapshot))
 
     def finish(self) -> None:
         """End the redrawn line so later output starts on a fresh line; unhook logging."""

@@ -1,0 +1,13 @@
+"""The tests mirror the packages (tests/instrument, dsp, inference, client, daemon, offline, cli,
+viewer) plus tests/system (daemons and other subprocess runs). Helpers shared across folders live
+here in tests/: support.py (the CLI as a subprocess, free ports, polling), wire_daemon.py,
+independent_spectra.py and openms_oracle.py. This puts tests/ on sys.path so every test module
+imports them as ``from support import ...``, whatever folder it is in. Test module basenames are
+unique across folders (pytest's default import mode needs that without __init__.py files).
+"""
+import sys
+from pathlib import Path
+
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)

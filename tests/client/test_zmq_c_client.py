@@ -104,7 +104,7 @@ def test_decodes_the_worked_example_of_the_document(csub):
     try:
         from test_wire import _doc_example
     except ImportError:  # tests/ collected as a package
-        from tests.test_wire import _doc_example
+        from test_wire import _doc_example
 
     frames = _doc_example()
     with zmq.Context.instance().socket(zmq.XPUB) as raw:

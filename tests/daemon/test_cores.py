@@ -61,7 +61,7 @@ def test_affinity_bounds_the_count_in_a_child() -> None:
             "from ionstream.cores import usable_cores, default_dsp_workers; "
             "print(usable_cores(), default_dsp_workers())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.stdout.split() == ["1", "1"]
 
 

@@ -14,10 +14,10 @@ import pytest
 
 from instrument.ring import RingBuffer
 from instrument.shm_ring import PREFIX, SHM_DIR, SharedSlots, sweep_stale
-from tests.test_ring import _frame
+from test_ring import _frame
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="needs POSIX shared memory in /dev/shm")
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 ENV = {**os.environ, "PYTHONPATH": ROOT}
 
 

@@ -13,7 +13,7 @@ import pytest
 from instrument.frames import FrameDecoder, FrameType
 from ionstream.benchmarks.e2e import _int_list, scaling_workers
 from ionstream.benchmarks.feeder import start_feeder
-from tests.support import IONSTREAM
+from support import IONSTREAM
 
 
 def test_feeder_serves_valid_frames_from_its_own_process():

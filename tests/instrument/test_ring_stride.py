@@ -9,7 +9,7 @@ import pytest
 
 from instrument.ring import DropLog, RingBuffer
 from ionstream.daemon.stages import DspWorkers
-from tests.test_ring import _frame
+from test_ring import _frame
 
 
 def _drain(reader) -> list[int]:

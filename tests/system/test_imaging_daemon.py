@@ -11,7 +11,7 @@ from support import IONSTREAM, free_port
 from ionstream import Subscriber
 
 jsonschema = pytest.importorskip("jsonschema")
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "docs" / "wire.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "wire.schema.json").read_text())
 
 
 def test_daemon_publishes_growing_ion_images_until_complete(tmp_path):

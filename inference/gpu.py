@@ -1,7 +1,7 @@
 """pycuda helpers for GPU backends: thread-owned CUDA contexts, pinned/device buffers, streams.
 
 What TensorRT's performance guidance asks of the host side, in one place (tensorrt_backend
-builds on it; tests/inference/test_gpu.py runs all of it on a real GPU):
+builds on it; tests/inference_tests/test_gpu.py runs all of it on a real GPU):
 
 - :class:`CudaContext`: the *primary* context of one GPU (the one the CUDA runtime, TensorRT,
   cupy and torch use too), retained by the thread that creates it and made current only

@@ -5,7 +5,7 @@ sample ``i`` has flight time ``t = t0_ns + i * dt_ns`` (ns) and
 ``sqrt(m/z) = c0 + c1 * t_us + c2 * t_us**2`` with ``t_us = t / 1000``. The simulator
 (``instrument.spectrum_model``) renders spectra with it, the DSP (``dsp.calibration``) reads them
 with it, and ``cext/scan.pyx`` evaluates the same expression inline in its kernel (pinned to this
-module by tests/dsp/test_dsp_calibration.py).
+module by tests/dsp_tests/test_dsp_calibration.py).
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The tests mirror the packages (tests/instrument, dsp, inference, client, daemon, offline, cli,
-viewer) plus tests/system (daemons and other subprocess runs). Helpers shared across folders live
+"""The tests mirror the packages (tests/instrument_tests, dsp_tests, inference_tests, client, daemon,
+offline, cli, viewer) plus tests/system (daemons and other subprocess runs). The folders of the
+top-level packages carry a ``_tests`` suffix: with tests/ on sys.path a folder named ``dsp`` would be
+imported as a namespace package in place of an editable install's ``dsp``. Helpers shared across folders live
 here in tests/: support.py (the CLI as a subprocess, free ports, polling), wire_daemon.py,
 independent_spectra.py and openms_oracle.py. This puts tests/ on sys.path so every test module
 imports them as ``from support import ...``, whatever folder it is in. Test module basenames are

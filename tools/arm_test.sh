@@ -7,8 +7,8 @@
 # 1. builds the wheel (tools/cross_build_arm.sh), unless --wheel is given;
 # 2. installs it with its dependencies' aarch64 wheels from PyPI (pip --platform) into a folder;
 # 3. runs, with Debian's arm64 python3.11 under qemu-aarch64-static, the kernels' equality tests
-#    against SciPy (tests/dsp/test_dsp*.py), the feature-vector kernel against its NumPy reference
-#    (tests/dsp/test_dsp_features.py) and the frame codec tests (tests/instrument/test_frames*.py);
+#    against SciPy (tests/dsp_tests/test_dsp*.py), the feature-vector kernel against its NumPy reference
+#    (tests/dsp_tests/test_dsp_features.py) and the frame codec tests (tests/instrument_tests/test_frames*.py);
 # 4. a smoke run of the daemon: `ionstream run --source sim:// --duration 5s`;
 # 5. the vectorisation report (tools/arm/vec_report.py): which kernel loops GCC vectorised on
 #    x86-64 (native build of the same sources) and on aarch64 (the wheel's build); and whether
@@ -89,13 +89,13 @@ cp -r "$ARM_REPO/tests" "$ARM_REPO/pyproject.toml" "$run/"
 cp "$ARM_REPO/tools/arm/conftest_emulated.py" "$run/conftest.py"
 find "$run" -name __pycache__ -prune -exec rm -rf {} +
 files=()
-# tests/dsp/test_dsp*.py includes the feature-vector kernel (cext/features.pyx) against its NumPy reference
-for f in "$run"/tests/dsp/test_dsp*.py; do [[ -f $f ]] && files+=("tests/dsp/$(basename "$f")"); done
+# tests/dsp_tests/test_dsp*.py includes the feature-vector kernel (cext/features.pyx) against its NumPy reference
+for f in "$run"/tests/dsp_tests/test_dsp*.py; do [[ -f $f ]] && files+=("tests/dsp_tests/$(basename "$f")"); done
 if [[ $frames == 1 ]]; then
-    for f in "$run"/tests/instrument/test_frames*.py; do [[ -f $f ]] && files+=("tests/instrument/$(basename "$f")"); done
+    for f in "$run"/tests/instrument_tests/test_frames*.py; do [[ -f $f ]] && files+=("tests/instrument_tests/$(basename "$f")"); done
 fi
 if [[ ${#files[@]} == 0 ]]; then
-    step "emulated tests" "FAIL: no tests/dsp/test_dsp*.py to run"; failed=1
+    step "emulated tests" "FAIL: no tests/dsp_tests/test_dsp*.py to run"; failed=1
 else
     t=$SECONDS
     arm_log "emulated pytest: ${files[*]}"

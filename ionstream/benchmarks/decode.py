@@ -14,7 +14,7 @@ corrupted (one flipped payload byte each). Figures are GB/s of stream on one cor
 ``ReferenceDecoder`` is deliberately simple and independent of the real decoder: it keeps
 an immutable ``bytes`` buffer (concatenating each chunk), reads header fields by explicit
 byte offsets, copies every frame, and on any failure moves on by exactly one byte. The
-tests (tests/instrument/test_frames_props.py) use it as the oracle for the real decoder.
+tests (tests/instrument_tests/test_frames_props.py) use it as the oracle for the real decoder.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The process under test for tests/instrument/test_usb_umockdev.py: runs one scenario, prints one JSON line.
+"""The process under test for tests/instrument_tests/test_usb_umockdev.py: runs one scenario, prints one JSON line.
 
 Started by the test with the project's Python and ``LD_PRELOAD=libumockdev-preload.so.0
 UMOCKDEV_DIR=<test bed root>``, so the libusb it loads (libusb-package's, through pyusb) finds

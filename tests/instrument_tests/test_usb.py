@@ -6,7 +6,7 @@ source (instrument/sources/usb.py), the acquisition thread, the frame decoder an
 Simulated: everything below pyusb's backend interface. ``instrument.usbsim.SimulatedBackend``
 is a pyusb IBackend whose device is ``UsbDeviceBehaviour`` (descriptors, strings, vendor
 start/stop requests, a tape of frames made with instrument.frames.encode_scan, scheduled
-pauses and unplugs). libusb and the kernel are not involved here: tests/instrument/test_usb_umockdev.py
+pauses and unplugs). libusb and the kernel are not involved here: tests/instrument_tests/test_usb_umockdev.py
 runs the same device behaviour under real libusb. The last tests use real libusb on this
 machine, where no USB device is attached (no device is an ordinary, testable state).
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
-OUTPUT_FORMAT = 1
+OUTPUT_FORMAT = 2  # 2: classes gain model_label, coverage, ood_score, unknown_reason
 """Version of the output layout; part of the settings hash (a new layout redoes everything)."""
 ID_BYTES = 64 * 1024
 """Bytes hashed at each end of a capture for its identity."""

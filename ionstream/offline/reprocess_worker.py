@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.ood import coverage
 from ionstream.offline.reprocess_settings import Settings
 from ionstream.processing import PEAK_FIELDS
 
@@ -42,8 +43,11 @@ class Classifier:
         from inference.backend import open_backend
         from inference.bundle import load_bundle
 
+        from inference.ood import OodGate
+
         self.bundle = load_bundle(settings.model or None)
         self.labels = tuple(self.bundle.labels)
+        self.gate = OodGate.from_bundle(self.bundle)   # "unknown" for inputs the model was not made for
         self.max_batch = settings.max_batch
         # Options as the daemon's micro-batcher opens it (Pipeline._backend_factory).
         self.backend = open_backend(self.bundle, settings.backend, precision=settings.precision,
@@ -126,7 +130,9 @@ class _Tables:
         self.schemas = {
             "peaks": pa.schema([("scan", pa.int64())] + [(name, pa.from_numpy_dtype(np.dtype(dtype)))
                                                           for name, dtype in PEAK_FIELDS]),
-            "classes": pa.schema([("scan", pa.int64()), ("label", pa.string()), ("confidence", pa.float32()),
+            "classes": pa.schema([("scan", pa.int64()), ("label", pa.string()), ("model_label", pa.string()),
+                                  ("coverage", pa.float32()), ("ood_score", pa.float32()),
+                                  ("unknown_reason", pa.string()), ("confidence", pa.float32()),
                                   ("probabilities", pa.list_(pa.float32(), max(1, n_classes)))]),
             "scans": pa.schema([("scan", pa.int64()), ("sequence", pa.int64()), ("t_device_ns", pa.int64()),
                                 ("t_host_ns", pa.int64()), ("ms_level", pa.int16()), ("polarity", pa.string()),
@@ -176,6 +182,8 @@ class _CaptureRun:
         bins = feature_spec.bins if feature_spec is not None else 0
         self._features = np.zeros((settings.max_batch, bins), np.float32) if classifier else None
         self._feature_scans: list[int] = []
+        self._feature_covs: list[float] = []
+        self._feature_spec = feature_spec
         self.counts = {"scans": 0, "status_frames": 0, "peaks": 0, "classified": 0, "events": 0, "dsp_errors": 0}
         self.first_error: str | None = None
         self._reset_buffers()
@@ -188,6 +196,7 @@ class _CaptureRun:
         self._xic: list[np.ndarray] = []
         self._cls_scan: list[int] = []
         self._cls_probs: list[np.ndarray] = []
+        self._cls_verdicts: list = []
         self._buffered = 0
 
     def scan(self, header, samples: np.ndarray, mz: np.ndarray | None, host_time_ns: int) -> None:
@@ -223,6 +232,7 @@ class _CaptureRun:
             i = len(self._feature_scans)
             self._features[i] = scan.features
             self._feature_scans.append(n)
+            self._feature_covs.append(coverage(*scan.mz_range, self._feature_spec))
             if i + 1 == len(self._features):
                 self._classify()
         self._buffered += 1
@@ -233,10 +243,14 @@ class _CaptureRun:
         k = len(self._feature_scans)
         if not k:
             return
-        probs = self.clf.predict(self._features[:k])
+        probs = np.array(self.clf.predict(self._features[:k])[:k], np.float32, copy=True)
+        top = [self.clf.labels[i] for i in probs.argmax(axis=1)]  # as MicroBatcher._complete
+        # the daemon's out-of-distribution verdict (Pipeline._on_class), per scan
+        self._cls_verdicts.extend(self.clf.gate.judge_batch(top, self._features[:k],
+                                                            np.array(self._feature_covs, np.float64)))
         self._cls_scan.extend(self._feature_scans)
-        self._cls_probs.append(np.array(probs[:k], np.float32, copy=True))
-        self._feature_scans = []
+        self._cls_probs.append(probs)
+        self._feature_scans, self._feature_covs = [], []
 
     def flush(self, final: bool = False) -> None:
         pa, _ = pyarrow_modules()
@@ -257,8 +271,10 @@ class _CaptureRun:
         if self._cls_probs:
             probs = np.concatenate(self._cls_probs)
             top = probs.argmax(axis=1)  # as MicroBatcher._complete
-            labels = self.clf.labels
-            cols = {"scan": self._cls_scan, "label": [labels[k] for k in top],
+            labels, verdicts = self.clf.labels, self._cls_verdicts
+            cols = {"scan": self._cls_scan, "label": [v.label for v in verdicts],
+                    "model_label": [labels[k] for k in top], "coverage": [v.coverage for v in verdicts],
+                    "ood_score": [v.ood_score for v in verdicts], "unknown_reason": [v.reason for v in verdicts],
                     "confidence": probs[np.arange(len(top)), top],
                     "probabilities": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel(), pa.float32()),
                                                                        probs.shape[1])}

@@ -253,6 +253,10 @@ def test_local_cluster_results_equal_live_replay(captures, cluster, tmp_path):
     classes = res["classes"].to_pydict()
     assert classes["scan"] == [m.scan for m in live["class"]] == list(range(SCANS))
     assert classes["label"] == [m.header["label"] for m in live["class"]]
+    # the out-of-distribution verdict too (inference.ood), field for field as the class message
+    for key in ("model_label", "unknown_reason"):
+        assert classes[key] == [m.header[key] for m in live["class"]], key
+    np.testing.assert_allclose(classes["coverage"], [m.header["coverage"] for m in live["class"]], atol=1e-4)
     np.testing.assert_array_equal(np.asarray(classes["probabilities"], np.float32),
                                   np.stack([m["probabilities"] for m in live["class"]]))
     np.testing.assert_array_equal(np.asarray(classes["confidence"], np.float32),

@@ -4,7 +4,9 @@ import sys
 import time
 from collections.abc import Callable
 
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+# -P: the working directory is not put on sys.path, so a test run from a checkout imports the
+# installed package (with its compiled cext), never the checkout's unbuilt sources.
+IONSTREAM = [sys.executable, "-P", "-m", "ionstream.cli"]
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 from instrument.frames import FrameDecoder, FrameType
 from support import wait_until
 
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+IONSTREAM = [sys.executable, "-P", "-m", "ionstream.cli"]
 SMALL = ["--samples", "4096"]
 
 

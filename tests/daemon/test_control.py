@@ -180,7 +180,7 @@ class TestLifecycle:
 
 class TestStatusCommand:
     def test_prints_health(self, daemon):
-        proc = subprocess.run([sys.executable, "-m", "ionstream.cli", "status", "--endpoint", daemon.server.endpoint],
+        proc = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "status", "--endpoint", daemon.server.endpoint],
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()

@@ -342,7 +342,7 @@ class TestListenCommand:
         assert "0 message(s)" in capsys.readouterr().err
 
     def test_console_script(self, pub):
-        proc = subprocess.Popen([sys.executable, "-m", "ionstream.cli", "listen", "--endpoint", pub.endpoint,
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "ionstream.cli", "listen", "--endpoint", pub.endpoint,
                                  "--topics", "peaks", "--json", "--no-arrays", "--count", "1", "--timeout", "20"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -5,7 +5,7 @@ import sys
 
 
 def test_bench_zmq_json_smoke():
-    proc = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "zmq", "--json", "--points", "4096",
+    proc = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "bench", "zmq", "--json", "--points", "4096",
                            "--peaks", "20", "--scans", "30", "--latency-scans", "20", "--rate", "500", "--repeat", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -355,7 +355,7 @@ class TestRealLibusb:
         assert "libusb 1." in src.describe()["libusb"]
 
     def test_devices_command_json(self):
-        out = subprocess.run([sys.executable, "-m", "ionstream.cli", "devices", "--json"],
+        out = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "devices", "--json"],
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr
         listing = json.loads(out.stdout.strip().splitlines()[-1])
@@ -365,7 +365,7 @@ class TestRealLibusb:
 
 def test_bench_usb_json():
     """`ionstream bench usb --json` on the simulated device: the figures are there (no timed asserts)."""
-    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
+    out = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
                           "--repeat", "2"], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout.strip().splitlines()[-1])

@@ -198,7 +198,7 @@ def test_kernel_driver_and_vendor_requests(bed):
 
 def test_bench_usb_through_umockdev():
     """`ionstream bench usb --umockdev`: the same loops through real libusb in a preloaded child."""
-    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
+    out = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "bench", "usb", "--json", "--seconds", "0.05",
                           "--repeat", "1", "--umockdev", "--umockdev-seconds", "0.3", "--testbed", str(TESTBED)],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
@@ -223,7 +223,7 @@ def test_record_command_captures_frames_across_a_replug(bed, tmp_path):
     spec = UsbDeviceSpec(loop=False, unplug_after=cut, lost_while_away=lost, replug_after_s=0.3,
                          new_address_on_replug=False)
     tb = bed(spec, b"".join(frames))
-    out = subprocess.run([sys.executable, "-m", "ionstream.cli", "record", "-s", "usb://1234:5678?serial=SIM0001",
+    out = subprocess.run([sys.executable, "-P", "-m", "ionstream.cli", "record", "-s", "usb://1234:5678?serial=SIM0001",
                           "--duration", "3s", "-o", str(tmp_path / "usb.isc"), "--no-status-line"],
                          env=tb.env(), capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr

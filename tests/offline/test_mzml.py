@@ -34,7 +34,7 @@ DATA = Path(__file__).parents[1] / "data"
 REAL = DATA / "small_ltqft.mzML"
 T0 = 1_700_000_000_000_000_000
 NS = {"m": "http://psi.hupo.org/ms/mzml"}
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+IONSTREAM = [sys.executable, "-P", "-m", "ionstream.cli"]
 
 
 def _has_pick_centroids() -> bool:

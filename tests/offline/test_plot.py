@@ -15,7 +15,7 @@ from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from ionstream.cli import plot  # noqa: E402
 
 REAL = Path(__file__).parents[1] / "data" / "small_ltqft.mzML"
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+IONSTREAM = [sys.executable, "-P", "-m", "ionstream.cli"]
 
 
 def _has_dsp() -> bool:

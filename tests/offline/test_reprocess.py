@@ -319,7 +319,7 @@ def test_cli_on_an_existing_scheduler(captures, cluster, tmp_path):
     _, cluster_ = cluster
     bad = tmp_path / "bad.isc"
     bad.write_bytes(b"garbage")
-    cmd = [sys.executable, "-m", "ionstream.cli", "reprocess", str(captures[0]), str(bad), "--out",
+    cmd = [sys.executable, "-P", "-m", "ionstream.cli", "reprocess", str(captures[0]), str(bad), "--out",
            str(tmp_path / "out"), "--scheduler", cluster_.scheduler_address]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)  # not the checkout: its cext/ (sources, no build) would shadow the installed one

@@ -29,7 +29,7 @@ from ionstream.viewer.model import Receiver, ViewerModel, health_rows, top_peaks
 from ionstream.viewer.window import ViewerWindow  # noqa: E402
 from support import wait_until  # noqa: E402
 
-IONSTREAM = [sys.executable, "-m", "ionstream.cli"]
+IONSTREAM = [sys.executable, "-P", "-m", "ionstream.cli"]
 
 
 def free_port() -> int:

@@ -327,7 +327,7 @@ def test_cli_on_an_existing_scheduler(captures, cluster, tmp_path):
     assert "1 done, 0 skipped, 1 failed" in proc.stdout
     assert "NotACaptureError" in proc.stderr and "dashboard" in proc.stderr.lower()
     assert (tmp_path / "out" / "run0" / "done.json").exists()
-    proc = subprocess.run(cmd[:5] + cmd[6:], check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run([c for c in cmd if c != str(bad)], check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0 and "0 done, 1 skipped, 0 failed" in proc.stdout, proc.stderr
 
 

@@ -19,8 +19,8 @@ statistics and the report are inference.training's (the code behind `ionstream t
 there is one training implementation. The report lands in OUT/report/.
 
 Besides model.onnx the bundle gets model.pt2, the same network as a torch.export program (dynamic
-batch axis) for the torch backend, rebuilt from model.onnx's weights and checked against it
-through ONNX Runtime on fresh spectra before it is written into model.json (torch_program).
+batch axis) for the torch backend, checked against model.onnx through ONNX Runtime before it is
+written into model.json (torch_program; inference.training.torch_program).
 ``--export-torch BUNDLE`` adds it to an existing bundle without training.
 """
 from __future__ import annotations
@@ -44,8 +44,6 @@ except ImportError:
 from dsp.features import FeatureExtractor, FeatureSpec  # noqa: E402
 
 MODEL_VERSION = "1.0.0"
-INPUT_NAME = "features"
-TORCH_PROGRAM = "model.pt2"
 TORCH_CHECK_SPECTRA = 1000
 TORCH_CHECK_SEED = 515151
 CHUNK = 250  # spectra per generation task (fixes the data independently of the worker count)
@@ -121,82 +119,22 @@ def make_dataset(n: int, seed: int, spec: FeatureSpec, *, workers: int = 2, vari
     return X, y
 
 
-def export_torch(model, bins: int, path: Path) -> None:
-    """Write ``model`` (features -> probabilities) as a torch.export program with a dynamic batch axis."""
-    import torch
-    from torch.export import Dim
-
-    model = model.eval()
-    with torch.no_grad():
-        program = torch.export.export(model, (torch.zeros(4, bins),),
-                                      dynamic_shapes={"x": {0: Dim("batch", min=1, max=1 << 20)}})
-    torch.export.save(program, str(path))
-
-
-def net_from_onnx(onnx_path: Path, bins: int, n_classes: int):
-    """The training network with ``model.onnx``'s weights (the initializers carry the state_dict names)."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(onnx_path)).graph
-    state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
-    from inference.training.net import build_net
-
-    net, wrap = build_net(bins, n_classes)
-    model = wrap(net)
-    model.load_state_dict(state, strict=True)   # any architecture change fails here, by name
-    return model.eval()
-
-
-def check_torch_program(pt2: Path, onnx_path: Path, X: np.ndarray) -> dict:
-    """The saved program against ONNX Runtime CPU on the same spectra: top-1 agreement, max |dp|."""
-    import onnxruntime as ort
-    import torch
-
-    module = torch.export.load(str(pt2)).module()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ref = np.concatenate([sess.run(None, {INPUT_NAME: X[i:i + 500]})[0] for i in range(0, len(X), 500)])
-    with torch.inference_mode():
-        got = np.concatenate([module(torch.from_numpy(X[i:i + 500])).numpy() for i in range(0, len(X), 500)])
-        one = module(torch.from_numpy(X[:1])).numpy()      # batch 1 too: the axis is really dynamic
-    return {"spectra": len(X), "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
-            "max_abs_prob_diff": float(max(np.abs(got - ref).max(), np.abs(one - ref[:1]).max())),
-            "against": f"model.onnx on onnxruntime {ort.__version__} CPU"}
-
-
-def write_torch_program(model, bundle_dir: Path, spec: FeatureSpec, *, workers: int = 2,
-                        spectra: int = TORCH_CHECK_SPECTRA) -> dict:
-    """Export ``model`` to ``bundle_dir/model.pt2``, check it against model.onnx; returns the
-    ``torch_program`` entry for model.json. Raises SystemExit if the two disagree."""
-    import torch
-
-    from inference.bundle import TORCH_PROGRAM_FORMAT, sha256_file
-
-    path = bundle_dir / TORCH_PROGRAM
-    export_torch(model, spec.bins, path)
-    X, _ = make_dataset(spectra, TORCH_CHECK_SEED, spec, workers=workers, variants=False,
-                        desc="torch program check spectra")
-    check = check_torch_program(path, bundle_dir / "model.onnx", X)
-    if check["top1_agreement"] < 0.999 or check["max_abs_prob_diff"] > 1e-3:
-        path.unlink()
-        raise SystemExit(f"torch program disagrees with model.onnx: {check}; not written")
-    check["seed"] = TORCH_CHECK_SEED
-    return {"path": TORCH_PROGRAM, "sha256": sha256_file(path), "format": TORCH_PROGRAM_FORMAT,
-            "torch": torch.__version__.split("+")[0], "check": check}
-
-
 def export_torch_only(bundle_dir: Path, workers: int, spectra: int = TORCH_CHECK_SPECTRA) -> int:
-    """``--export-torch``: add model.pt2 to an existing bundle (no training)."""
+    """``--export-torch``: add model.pt2 to an existing bundle (no training), checked on fresh
+    simulator spectra against its model.onnx (inference.training.torch_program)."""
     from inference.bundle import load_bundle
+    from inference.training.torch_program import net_from_onnx, write_torch_program
 
     bundle = load_bundle(bundle_dir)
     model = net_from_onnx(bundle.onnx_path, bundle.feature_spec.bins, bundle.n_classes)
-    entry = write_torch_program(model, bundle.path, bundle.feature_spec, workers=workers, spectra=spectra)
+    X, _ = make_dataset(spectra, TORCH_CHECK_SEED, bundle.feature_spec, workers=workers, variants=False,
+                        desc="torch program check spectra")
+    entry = write_torch_program(model, bundle.path, bundle.feature_spec.bins, X)
+    entry["check"]["seed"] = TORCH_CHECK_SEED
     meta = json.loads(bundle.json_path.read_text())
     meta["torch_program"] = entry
     bundle.json_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"wrote {bundle.path / TORCH_PROGRAM}: {entry['check']}", file=sys.stderr)
+    print(f"wrote {bundle.path / entry['path']}: {entry['check']}", file=sys.stderr)
     return 0
 
 
@@ -287,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     s = result.scores
     print(f"wrote {args.out}: held-out top-1 {s['top1']:.4f} on {args.val} spectra; data {t_data:.0f} s, "
           f"training {result.seconds['training']:.0f} s; report {result.report}", file=sys.stderr)
-    return export_torch_only(args.out, args.workers, args.torch_check_spectra)
+    return 0
 
 
 if __name__ == "__main__":

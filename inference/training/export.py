@@ -97,7 +97,8 @@ def make_variants(folder: Path, calib: np.ndarray, Xe: np.ndarray, ye: np.ndarra
 
 def write_bundle(folder: Path, *, name: str, version: str, description: str, labels: tuple[str, ...],
                  spec: FeatureSpec, ood: OodStats | None, variants: dict[str, dict[str, Any]],
-                 training: dict[str, Any], evaluation: dict[str, Any], provenance: dict[str, Any]):
+                 training: dict[str, Any], evaluation: dict[str, Any], provenance: dict[str, Any],
+                 torch_program: dict[str, Any] | None = None):
     """Write ood.npz and model.json next to model.onnx (+ variants) and load the result as a check."""
     onnx_path = folder / "model.onnx"
     files: dict[str, Any] = {"fp32": {"path": "model.onnx", "sha256": sha256_file(onnx_path)}}
@@ -114,6 +115,8 @@ def write_bundle(folder: Path, *, name: str, version: str, description: str, lab
         meta["ood"] = {"path": "ood.npz", "sha256": sha256_file(folder / "ood.npz"), "method": "pca-residual",
                        "components": int(ood.components.shape[0]), "reference_percentile": REFERENCE_PERCENTILE,
                        "max_score": DEFAULT_MAX_SCORE, "min_coverage": DEFAULT_MIN_COVERAGE}
+    if torch_program is not None:
+        meta["torch_program"] = torch_program
     meta.update(training=training, evaluation=evaluation, provenance=provenance)
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return load_bundle(folder)

@@ -125,6 +125,7 @@ def build_bundle(tr: Dataset, va: Dataset, out: Path, opts: TrainOptions, *, dat
                  intro: list[str], t_data: float = 0.0, tool: str = "ionstream train") -> TrainResult:
     """Train on ``tr``, score on ``va`` (may be empty), write the bundle and report into ``out``."""
     from inference.training.export import export_onnx, make_variants, predict, provenance, write_bundle
+    from inference.training.torch_program import write_torch_program
     from inference.training.net import fit, schedule
 
     labels, spec = tr.labels, tr.spec
@@ -144,6 +145,8 @@ def build_bundle(tr: Dataset, va: Dataset, out: Path, opts: TrainOptions, *, dat
     rng = np.random.default_rng(opts.fit.seed)
     calib = tr.X[np.sort(rng.choice(len(tr), min(opts.calibration_spectra, len(tr)), replace=False))]
     variants = make_variants(out, calib, va.X, va.y)
+    # the torch backend's program, checked against model.onnx on held-out (else training) spectra
+    torch_program = write_torch_program(model, out, spec.bins, (va.X if len(va) else tr.X)[:1000])
     t_export = time.perf_counter() - t1
     seconds = {"data": round(t_data, 1), "training": round(t_fit, 1), "export": round(t_export, 1)}
     epochs, batch = schedule(len(tr), opts.fit)
@@ -158,7 +161,7 @@ def build_bundle(tr: Dataset, va: Dataset, out: Path, opts: TrainOptions, *, dat
     prov = provenance(tool, opts.command)
     bundle = write_bundle(out, name=opts.name, version=opts.version, description=opts.description, labels=labels,
                           spec=spec, ood=ood, variants=variants, training=training, evaluation=evaluation,
-                          provenance=prov)
+                          provenance=prov, torch_program=torch_program)
     extra = ["## Precision variants (ONNX Runtime CPU, held-out spectra)", ""]
     for p in ("fp16", "int8"):
         v = variants.get(p)

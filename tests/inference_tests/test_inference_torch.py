@@ -194,12 +194,15 @@ class TestExport:
             assert be.predict(np.ones((2, b.feature_spec.bins), np.float32)).shape == (2, b.n_classes)
 
     def test_a_program_that_disagrees_is_not_written(self, bundle_copy):
+        from inference.training.torch_program import TorchProgramError, net_from_onnx, write_torch_program
+
         tm = self.run_tool()
         drop_torch_program(bundle_copy)
         b = load_bundle(bundle_copy)
-        model = tm.net_from_onnx(b.onnx_path, b.feature_spec.bins, b.n_classes)
+        model = net_from_onnx(b.onnx_path, b.feature_spec.bins, b.n_classes)
         with torch.no_grad():
             model.net.head[4].bias += torch.tensor([4.0, 0, 0, 0, -4.0])   # not the network model.onnx has
-        with pytest.raises(SystemExit, match="torch program disagrees with model.onnx"):
-            tm.write_torch_program(model, bundle_copy, b.feature_spec, workers=1, spectra=100)
+        X, _ = tm.make_dataset(100, 1, b.feature_spec, workers=1, variants=False, desc="check")
+        with pytest.raises(TorchProgramError, match="torch program disagrees with model.onnx"):
+            write_torch_program(model, bundle_copy, b.feature_spec.bins, X)
         assert not (bundle_copy / "model.pt2").exists()

@@ -69,6 +69,9 @@ def test_bundle_like_the_default(trained):
     for p in ("fp16", "int8"):
         assert meta["files"][p]["eval_spectra"] == 3 * SCANS_PER_RUN
     assert meta["provenance"]["torch"] == torch.__version__
+    # the torch backend's program, checked against model.onnx on the held-out spectra
+    check = meta["torch_program"]["check"]
+    assert (out / "model.pt2").exists() and check["top1_agreement"] == 1.0 and check["max_abs_prob_diff"] < 1e-4
     gate = OodGate.from_bundle(b)
     assert gate.stats is not None and gate.stats.components.shape[1] == b.feature_spec.bins
     report = out / "report"

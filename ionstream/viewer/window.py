@@ -183,7 +183,7 @@ class ViewerWindow:
         self.image_last = pg.ScatterPlotItem(symbol="s", size=9, pen=pg.mkPen("#ff5252", width=1.5), brush=None)
         self.image_plot.addItem(self.image_last)
         self.image_info = QtWidgets.QLabel("")
-        self.image_info.setWordWrap(True)
+        self.image_info.setMinimumHeight(2 * self.image_info.fontMetrics().height() + 4)   # two lines
         ibox.addWidget(self.image_choice)
         ibox.addWidget(self.image_plot, 1)
         ibox.addWidget(self.image_info)
@@ -346,7 +346,7 @@ class ViewerWindow:
         else:
             self.image_last.setData([], [])
         pct = 100.0 * img.filled / img.pixels if img.pixels else 0.0
-        self.image_info.setText(f"{img.name} · {img.width} × {img.height} px of {sx:g} × {sy:g} µm · "
+        self.image_info.setText(f"{img.name} · {img.width} × {img.height} px of {sx:g} × {sy:g} µm\n"
                                 f"{img.filled} / {img.pixels} pixels ({pct:.0f} %)"
                                 + (" · complete" if img.complete else f" · scan {snap.image.scan}"))
         self._image_shown = img
@@ -444,7 +444,7 @@ def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labe
         state = view.plot_state()
         ok = view.screenshot(screenshot)
         has_data = state["spectrum_points"] or state["stick_points"]
-        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k != "health"}))
+        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k not in ("health", "image_info")}))
         result["code"] = 0 if ok and has_data else 1
         app.quit()
 

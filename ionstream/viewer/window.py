@@ -324,7 +324,10 @@ class ViewerWindow:
             return
         if not self.image_box.isVisible():
             self.image_box.setVisible(True)
-            self._grid.setColumnStretch(2, 2)
+            # make room: the health table wraps its long rows so the image gets the width
+            self.health.setWordWrap(True)
+            self._grid.setColumnStretch(1, 2)
+            self._grid.setColumnStretch(2, 3)
         if img.names != self._image_names:
             self._image_names = list(img.names)
             self.image_choice.blockSignals(True)   # refilling the list is not the user's choice
@@ -362,7 +365,7 @@ class ViewerWindow:
         html = ["<table cellspacing='2'>"]
         for name, value, bad in rows:
             colour = "#ff5252" if bad else "#c8d0d8"
-            html.append(f"<tr><td style='color:#8a96a3'>{name}</td><td style='color:{colour}'>"
+            html.append(f"<tr><td style='color:#8a96a3; white-space:nowrap'>{name}</td><td style='color:{colour}'>"
                         f"&nbsp;{_escape(value)}</td></tr>")
         html.append("</table>")
         self.health.setText("".join(html))

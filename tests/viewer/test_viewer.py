@@ -534,3 +534,31 @@ def test_real_x11_window_under_xvfb(tmp_path):
         feeder.stop()
     assert r.returncode == 0, r.stderr
     assert image_ink(tmp_path / "x11.png") > 10
+
+
+@pytest.mark.skipif(not shutil.which("xvfb-run"), reason="xvfb-run is not installed (apt: the X packages .ci/run installs)")
+@pytest.mark.skipif(_daemon_can_run() is not None, reason=str(_daemon_can_run()))
+def test_real_x11_window_shows_the_ion_image_of_a_live_imaging_daemon(tmp_path):
+    """Issue 21 on a real X11 window: `ionstream view` on a daemon rastering 16 x 16 pixels."""
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen(IONSTREAM + ["run", "--source", "sim://?imaging=16x16&samples=4096&rate=200",
+                                           "--endpoint", pub, "--control", "", "--backend", "none",
+                                           "--no-status-line", "--wait-subscribers", "1"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+        # the daemon waits for this viewer; 256 pixels at 200/s are scanned well within --after
+        r = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24"] + IONSTREAM
+                           + ["view", "--endpoint", pub, "--screenshot", "x11.png", "--after", "6"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        daemon.terminate()
+        try:
+            daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+    assert r.returncode == 0, r.stderr
+    assert "image_visible yes" in r.stderr and "image_shape [16 16]" in r.stderr, r.stderr
+    assert "image_filled 256" in r.stderr and "image_complete yes" in r.stderr, r.stderr
+    assert image_ink(tmp_path / "x11.png") > 10

@@ -447,7 +447,8 @@ def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labe
         state = view.plot_state()
         ok = view.screenshot(screenshot)
         has_data = state["spectrum_points"] or state["stick_points"]
-        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k not in ("health", "image_info")}))
+        shown = {k: v for k, v in state.items() if k not in ("health", "image_info")}   # one line of words
+        log.info("screenshot %s: %s", screenshot, _plain(shown))
         result["code"] = 0 if ok and has_data else 1
         app.quit()
 

@@ -239,7 +239,8 @@ class TestModel:
 
     def test_a_restarted_daemon_drops_the_old_image(self):
         m = ViewerModel()
-        m.feed(message("image", {"names": ["tic"], "filled": 1, "pixels": 4}, {"images": np.ones((1, 2, 2), np.float32)}))
+        m.feed(message("image", {"names": ["tic"], "filled": 1, "pixels": 4},
+                       {"images": np.ones((1, 2, 2), np.float32)}))
         m.feed(message("peaks", {"scan": 1}, restarted=True, session="s2"))
         assert m.snapshot().image is None
 

@@ -2,8 +2,8 @@
 
 The receiver thread (``ionstream-view-rx``) owns the Subscriber. For each message it only stores
 a reference (the arrays are zero-copy views over the received frames) in :class:`ViewerModel`:
-the latest spectrum, peaks, class and status replace the previous ones; trace points go into a
-bounded history. It is stopped by a message on an inproc PAIR pipe and closes its sockets
+the latest spectrum, peaks, class, ion images and status replace the previous ones; trace points
+go into a bounded history. It is stopped by a message on an inproc PAIR pipe and closes its sockets
 itself. The Qt window (ionstream.viewer.window) draws snapshots of the model; tests drive the
 model without Qt.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 log = logging.getLogger("ionstream.viewer.model")
 
-TOPICS = ("peaks", "spectrum", "class", "trace", "status")
+TOPICS = ("peaks", "spectrum", "class", "trace", "image", "status")
 
 
 # ---------------------------------------------------------------------------------------
@@ -37,6 +37,7 @@ class ModelSnapshot:
     spectrum: Any = None               # latest spectrum Message (its scan may lag the peaks)
     spectrum_peaks: Any = None         # the peaks Message of the spectrum's scan, if still held
     cls: Any = None                    # latest class Message
+    image: Any = None                  # latest image Message (imaging runs only; docs/wire.md `image`)
     status: dict = field(default_factory=dict)   # latest status stats
     trace_names: list = field(default_factory=list)
     trace_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -61,7 +62,7 @@ class ViewerModel:
         self._lock = threading.Lock()
         self._history = history
         self._version = 0
-        self._peaks = self._spectrum = self._cls = None
+        self._peaks = self._spectrum = self._cls = self._image = None
         self._recent_peaks: deque = deque(maxlen=32)   # to pair a spectrum with its own peaks
         self._status: dict = {}
         self._names: list = []
@@ -93,6 +94,7 @@ class ViewerModel:
             if msg.restarted or (msg.session and msg.session != self._session and self._session):
                 self._restarts += 1
                 self._reset_traces()
+                self._image = None   # a restarted daemon's images start again (or not at all)
             self._session = msg.session or self._session
             self._last_ns = msg.received_ns
             if topic == "peaks":
@@ -102,10 +104,21 @@ class ViewerModel:
                 self._spectrum = msg
             elif topic == "class":
                 self._cls = msg
+            elif topic == "image":
+                self._feed_image(msg)
             elif topic == "status":
                 self._status = dict(msg.header.get("stats") or {})
             elif topic == "trace":
                 self._feed_trace(msg)
+
+    def _feed_image(self, msg) -> None:
+        # each message carries the whole images so far: the latest one is all the display needs
+        images = msg.arrays.get("images")
+        names = msg.header.get("names") or []
+        if images is None or images.ndim != 3 or images.shape[0] != len(names):
+            self.errors += 1   # not the layout of docs/wire.md: counted, not drawn
+            return
+        self._image = msg
 
     def _reset_traces(self) -> None:
         self._trace.clear()
@@ -137,6 +150,7 @@ class ViewerModel:
         with self._lock:
             trace = list(self._trace)
             snap = ModelSnapshot(self._version, peaks=self._peaks, spectrum=self._spectrum, cls=self._cls,
+                                 image=self._image,
                                  status=dict(self._status), trace_names=list(self._names),
                                  events=list(self._events), received=dict(self._received),
                                  missed=dict(self._missed), restarts=self._restarts, errors=self.errors,
@@ -157,6 +171,51 @@ class ViewerModel:
             dt = now - old[0]
             snap.rates = {k: (v - old[1].get(k, 0)) / dt for k, v in snap.received.items()}
         return snap
+
+
+@dataclass
+class IonImage:
+    """One ion image of an `image` message, ready to draw (see :func:`ion_image`)."""
+
+    name: str                      # e.g. "tic" or "xic:760.5-760.7"
+    names: list                    # every name in the message, in buffer order
+    data: np.ndarray               # float32 [height, width], counts; NaN where no scan landed yet
+    width: int                     # pixels
+    height: int                    # pixels
+    pixel_size_um: tuple           # (x, y) in µm; (1.0, 1.0) if the device does not say
+    filled: int                    # pixels with a value
+    pixels: int                    # width x height
+    last: tuple                    # (x, y) of the newest pixel
+    complete: bool
+    levels: tuple                  # (low, high) counts for the colour scale, from the filled pixels
+
+
+def ion_image(msg, name: str | None = None) -> IonImage | None:
+    """The image ``name`` (the TIC when None or not in the message) of an `image` message.
+
+    Colour levels span the 1st to 99.5th percentile of the pixels filled so far, so one hot
+    pixel does not wash out the rest; None when ``msg`` is None.
+    """
+    if msg is None:
+        return None
+    h = msg.header
+    names = [str(n) for n in h.get("names") or []]
+    images = msg.arrays["images"]
+    k = names.index(name) if name in names else (names.index("tic") if "tic" in names else 0)
+    data = images[k]
+    finite = data[np.isfinite(data)]
+    if finite.size:
+        lo, hi = (float(v) for v in np.percentile(finite, [1.0, 99.5]))
+        levels = (lo, hi if hi > lo else lo + 1.0)
+    else:
+        levels = (0.0, 1.0)
+    raster = h.get("raster") or {}
+    size = (float(raster.get("pixel_size_x_um") or 1.0), float(raster.get("pixel_size_y_um") or 1.0))
+    last = tuple(int(v) for v in (h.get("last") or (-1, -1)))
+    return IonImage(name=names[k], names=names, data=data, width=int(data.shape[1]), height=int(data.shape[0]),
+                    pixel_size_um=size, filled=int(h.get("filled", finite.size)),
+                    pixels=int(h.get("pixels", data.size)), last=last, complete=bool(h.get("complete")),
+                    levels=levels)
 
 
 # ---------------------------------------------------------------------------------------

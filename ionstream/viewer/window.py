@@ -22,7 +22,10 @@ topic, else the peak list as sticks) with the picked peaks marked and the talles
 labelled with their m/z; the class label with its confidence and the probability of every
 class; the TIC and XIC traces scrolling over the last ``window_s`` seconds with elution
 events (start, apex, end) marked; and a health panel (rates, drops per stage, latency,
-ring fill, backend, and this viewer's own received/missed counts).
+ring fill, backend, and this viewer's own received/missed counts). In an imaging run (the
+daemon publishes the ``image`` topic) an image panel appears beside them: the TIC ion image,
+or the one picked in its list (each XIC window of ``dsp.xic``), growing as the raster fills,
+with the pixels not scanned yet left transparent (the dark background).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ionstream.viewer.model import ModelSnapshot, Receiver, ViewerModel, health_rows, top_peaks
+from ionstream.viewer.model import ModelSnapshot, Receiver, ViewerModel, health_rows, ion_image, top_peaks
 
 log = logging.getLogger("ionstream.viewer.window")
 
@@ -161,10 +164,41 @@ class ViewerWindow:
         self.health.setAlignment(QtCore.Qt.AlignmentFlag.AlignTop)
         hbox.addWidget(self.health)
 
+        # ion images: hidden until an `image` message arrives (imaging runs only)
+        self.image_box = QtWidgets.QGroupBox("ion image")
+        ibox = QtWidgets.QVBoxLayout(self.image_box)
+        self.image_choice = QtWidgets.QComboBox()
+        self.image_choice.setToolTip("which ion image to show: the TIC or an XIC window (dsp.xic)")
+        self.image_choice.currentTextChanged.connect(self._image_chosen)
+        self.image_plot = pg.PlotWidget()
+        self.image_plot.setAspectLocked(True)
+        self.image_plot.invertY(True)          # row 0 at the top, as the raster is scanned
+        self.image_plot.setLabel("bottom", "x (µm)")   # no SI prefixes: µm on both axes
+        self.image_plot.setLabel("left", "y (µm)")
+        # NaN (no scan there yet) is drawn transparent: the dark background shows through
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.image_plot.addItem(self.image_item)
+        self.image_bar = pg.ColorBarItem(colorMap=pg.colormap.get("viridis"), interactive=False, width=12)
+        self.image_bar.setImageItem(self.image_item, insert_in=self.image_plot.getPlotItem())
+        self.image_last = pg.ScatterPlotItem(symbol="s", size=9, pen=pg.mkPen("#ff5252", width=1.5), brush=None)
+        self.image_plot.addItem(self.image_last)
+        self.image_info = QtWidgets.QLabel("")
+        self.image_info.setMinimumHeight(2 * self.image_info.fontMetrics().height() + 4)   # two lines
+        ibox.addWidget(self.image_choice)
+        ibox.addWidget(self.image_plot, 1)
+        ibox.addWidget(self.image_info)
+        self.image_box.setVisible(False)
+        self._image_name: str | None = None    # None: the TIC
+        self._image_names: list = []
+        self._image_shown = None               # the IonImage on screen
+        self._image_extent: tuple | None = None  # (width, height) µm the view was fitted to
+        self._grid = grid
+
         grid.addWidget(self.spec_plot, 0, 0)
         grid.addWidget(self.trace_plot, 1, 0)
         grid.addWidget(class_box, 0, 1)
         grid.addWidget(health_box, 1, 1)
+        grid.addWidget(self.image_box, 0, 2, 2, 1)
         grid.setColumnStretch(0, 3)
         grid.setColumnStretch(1, 1)
         grid.setRowStretch(0, 3)
@@ -184,6 +218,7 @@ class ViewerWindow:
             self._draw_spectrum(snap)
             self._draw_traces(snap)
             self._draw_class(snap)
+            self._draw_image(snap)
         self._draw_health(snap)
 
     def _draw_spectrum(self, snap: ModelSnapshot) -> None:
@@ -278,6 +313,47 @@ class ViewerWindow:
             axis.setTicks([[(i, name.replace("_", " ")[:14]) for i, name in enumerate(labels)]])
             self._prob_labels = labels
 
+    def _image_chosen(self, name: str) -> None:
+        if name and name in self._image_names:
+            self._image_name = name
+            self._draw_image(self.model.snapshot())
+
+    def _draw_image(self, snap: ModelSnapshot) -> None:
+        img = ion_image(snap.image, self._image_name)
+        if img is None:
+            return
+        if not self.image_box.isVisible():
+            self.image_box.setVisible(True)
+            # make room: the health table wraps its long rows so the image gets the width
+            self.health.setWordWrap(True)
+            self._grid.setColumnStretch(1, 2)
+            self._grid.setColumnStretch(2, 3)
+        if img.names != self._image_names:
+            self._image_names = list(img.names)
+            self.image_choice.blockSignals(True)   # refilling the list is not the user's choice
+            self.image_choice.clear()
+            self.image_choice.addItems(img.names)
+            self.image_choice.setCurrentText(img.name)
+            self.image_choice.blockSignals(False)
+        (sx, sy) = img.pixel_size_um
+        self.image_item.setImage(img.data, levels=img.levels, autoLevels=False)
+        extent = (img.width * sx, img.height * sy)
+        self.image_item.setRect(0.0, 0.0, *extent)   # in µm, so the aspect is the sample's
+        if extent != self._image_extent:            # a new raster: fit it once, then leave zoom to the user
+            self.image_plot.setRange(xRange=(0.0, extent[0]), yRange=(0.0, extent[1]), padding=0.02)
+            self._image_extent = extent
+        self.image_bar.setLevels(img.levels)
+        x, y = img.last
+        if x >= 0 and not img.complete:   # mark the newest pixel while the raster fills
+            self.image_last.setData([(x + 0.5) * sx], [(y + 0.5) * sy])
+        else:
+            self.image_last.setData([], [])
+        pct = 100.0 * img.filled / img.pixels if img.pixels else 0.0
+        self.image_info.setText(f"{img.name} · {img.width} × {img.height} px of {sx:g} × {sy:g} µm\n"
+                                f"{img.filled} / {img.pixels} pixels ({pct:.0f} %)"
+                                + (" · complete" if img.complete else f" · scan {snap.image.scan}"))
+        self._image_shown = img
+
     def _draw_health(self, snap: ModelSnapshot) -> None:
         rows = health_rows(snap)
         if len(self._frames) > 1:
@@ -289,7 +365,7 @@ class ViewerWindow:
         html = ["<table cellspacing='2'>"]
         for name, value, bad in rows:
             colour = "#ff5252" if bad else "#c8d0d8"
-            html.append(f"<tr><td style='color:#8a96a3'>{name}</td><td style='color:{colour}'>"
+            html.append(f"<tr><td style='color:#8a96a3; white-space:nowrap'>{name}</td><td style='color:{colour}'>"
                         f"&nbsp;{_escape(value)}</td></tr>")
         html.append("</table>")
         self.health.setText("".join(html))
@@ -317,6 +393,13 @@ class ViewerWindow:
             "class_detail": self.class_detail.text(),
             "probabilities": len(self.prob_bars.opts.get("height", []) if self.prob_bars.opts.get("height")
                                  is not None else []),
+            "image_visible": self.image_box.isVisible(),
+            "image_name": self._image_shown.name if self._image_shown is not None else None,
+            "image_names": list(self._image_names),
+            "image_shape": None if self.image_item.image is None else tuple(self.image_item.image.shape),
+            "image_filled": 0 if self.image_item.image is None else int(np.isfinite(self.image_item.image).sum()),
+            "image_complete": bool(self._image_shown is not None and self._image_shown.complete),
+            "image_info": self.image_info.text(),
             "health": self.health.text(),
             "title": self.spec_plot.getPlotItem().titleLabel.text,
         }
@@ -364,7 +447,8 @@ def run_viewer(endpoint: str, *, fps: float = 10.0, window_s: float = 60.0, labe
         state = view.plot_state()
         ok = view.screenshot(screenshot)
         has_data = state["spectrum_points"] or state["stick_points"]
-        log.info("screenshot %s: %s", screenshot, _plain({k: v for k, v in state.items() if k != "health"}))
+        shown = {k: v for k, v in state.items() if k not in ("health", "image_info")}   # one line of words
+        log.info("screenshot %s: %s", screenshot, _plain(shown))
         result["code"] = 0 if ok and has_data else 1
         app.quit()
 

@@ -25,7 +25,7 @@ from instrument.simulator import SimConfig, Simulator  # noqa: E402
 from instrument.spectrum_model import CLASS_LABELS, mz_axis  # noqa: E402
 from ionstream.daemon.publisher import Publisher  # noqa: E402
 from ionstream.client.subscriber import Message  # noqa: E402
-from ionstream.viewer.model import Receiver, ViewerModel, health_rows, top_peaks  # noqa: E402
+from ionstream.viewer.model import TOPICS, Receiver, ViewerModel, health_rows, ion_image, top_peaks  # noqa: E402
 from ionstream.viewer.window import ViewerWindow  # noqa: E402
 from support import wait_until  # noqa: E402
 
@@ -207,6 +207,43 @@ class TestModel:
         later = {n: (v, b) for n, v, b in health_rows(snap, now_ns=snap.last_message_ns + 10 * 10**9)}
         assert later["state"][1] and "no data for 10 s" in later["state"][0]
 
+    def test_latest_image_message_is_kept_and_one_image_picked(self):
+        assert "image" in TOPICS
+        m = ViewerModel()
+        assert ion_image(m.snapshot().image) is None  # no imaging run: no image
+        raster = {"width": 4, "height": 3, "pixel_size_x_um": 10.0, "pixel_size_y_um": 20.0}
+        for filled in (2, 5):
+            imgs = np.full((2, 3, 4), np.nan, np.float32)
+            imgs.reshape(2, -1)[0, :filled] = np.arange(filled) + 1.0      # tic: 1, 2, ...
+            imgs.reshape(2, -1)[1, :filled] = 100.0 * (np.arange(filled) + 1)
+            m.feed(message("image", {"scan": filled, "names": ["tic", "xic:500-520"], "raster": raster,
+                                     "filled": filled, "pixels": 12, "last": [(filled - 1) % 4, (filled - 1) // 4],
+                                     "complete": False}, {"images": imgs}))
+        snap = m.snapshot()
+        assert snap.image.scan == 5 and snap.received == {"image": 2}
+        tic = ion_image(snap.image)
+        assert tic.name == "tic" and tic.names == ["tic", "xic:500-520"]
+        assert (tic.width, tic.height, tic.pixel_size_um) == (4, 3, (10.0, 20.0))
+        assert (tic.filled, tic.pixels, tic.last, tic.complete) == (5, 12, (0, 1), False)
+        assert int(np.isfinite(tic.data).sum()) == 5 and np.isnan(tic.data[2]).all()  # unscanned rows stay NaN
+        assert tic.levels[0] == pytest.approx(1.04) and tic.levels[1] == pytest.approx(4.98)  # filled pixels only
+        xic = ion_image(snap.image, "xic:500-520")
+        assert xic.name == "xic:500-520" and np.nanmax(xic.data) == 500.0
+        assert ion_image(snap.image, "no-such-name").name == "tic"
+
+    def test_image_of_the_wrong_layout_is_counted_not_kept(self):
+        m = ViewerModel()
+        m.feed(message("image", {"names": ["tic", "xic:1-2"]}, {"images": np.zeros((1, 2, 2), np.float32)}))
+        snap = m.snapshot()
+        assert snap.image is None and snap.errors == 1
+
+    def test_a_restarted_daemon_drops_the_old_image(self):
+        m = ViewerModel()
+        m.feed(message("image", {"names": ["tic"], "filled": 1, "pixels": 4},
+                       {"images": np.ones((1, 2, 2), np.float32)}))
+        m.feed(message("peaks", {"scan": 1}, restarted=True, session="s2"))
+        assert m.snapshot().image is None
+
     def test_top_peaks_keep_labels_apart(self):
         mz = np.array([100.0, 100.5, 101.0, 300.0, 500.0])
         inten = np.array([10.0, 9.0, 8.0, 5.0, 1.0])
@@ -265,6 +302,7 @@ def test_window_shows_spectrum_peaks_traces_class_and_health(qapp, tmp_path):
     # class and health
     assert any(label in state["class"] for label in CLASS_LABELS) and "%" in state["class"]
     assert "onnxruntime" in state["class_detail"]
+    assert not state["image_visible"] and state["image_shape"] is None   # no imaging run, no image panel
     assert "running" in state["health"] and "sim://test" in state["health"]
     # it kept up at 100 scans/s: every message arrived, or at most a few were counted as missed
     for topic in ("peaks", "spectrum", "trace", "class"):
@@ -412,6 +450,70 @@ def test_viewer_on_a_live_daemon(qapp, tmp_path):
     assert image_ink(tmp_path / "daemon.png") > 10
 
 
+def image_alpha(item) -> np.ndarray:
+    """The alpha channel of an ImageItem as drawn, [height, width] (row-major items)."""
+    from pyqtgraph.Qt import QtGui
+
+    item.render()
+    q = item.qimage.convertToFormat(QtGui.QImage.Format.Format_ARGB32)
+    arr = np.frombuffer(q.constBits(), dtype=np.uint8, count=q.height() * q.bytesPerLine())
+    return arr.reshape(q.height(), q.bytesPerLine() // 4, 4)[:, :q.width(), 3].copy()  # BGRA in memory
+
+
+@pytest.mark.skipif(_daemon_can_run() is not None, reason=str(_daemon_can_run()))
+def test_image_panel_grows_on_a_live_imaging_daemon(qapp, tmp_path):
+    """Issue 21: an imaging run's `image` messages appear as an ion image that fills pixel by pixel."""
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    model = ViewerModel()
+    receiver = Receiver(pub, model).start()
+    view = ViewerWindow(model, endpoint=pub, fps=20, receiver=receiver)
+    view.widget.resize(1280, 760)
+    view.widget.show()
+    assert not view.plot_state()["image_visible"]     # no panel before an image arrives
+    daemon = subprocess.Popen(IONSTREAM + ["run", "--source", "sim://?imaging=16x16&samples=4096&rate=200",
+                                           "--endpoint", pub, "--control", "", "--backend", "none",
+                                           "--no-status-line", "--wait-subscribers", "1"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []        # (filled pixels on screen, alpha of the drawn image) at each redraw that changed it
+
+    def step():
+        qapp.processEvents()
+        state = view.plot_state()
+        if state["image_visible"] and (not seen or seen[-1][0] != state["image_filled"]):
+            seen.append((state["image_filled"], image_alpha(view.image_item), view.image_item.image.copy()))
+
+    try:
+        ok = wait_until(step=step, condition=lambda: view.plot_state()["image_complete"], timeout=60)
+        assert ok, daemon.stderr.read() if daemon.poll() is not None else f"image never completed: {seen[-1:]}"
+        view.refresh()
+        state = view.plot_state()
+        assert view.screenshot(tmp_path / "imaging.png")
+    finally:
+        view.timer.stop()
+        receiver.stop()
+        daemon.terminate()
+        try:
+            _, err = daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            _, err = daemon.communicate()
+    assert "Traceback" not in err
+    assert state["image_visible"] and state["image_name"] == "tic" and state["image_names"] == ["tic"]
+    assert state["image_shape"] == (16, 16) and state["image_filled"] == 256
+    assert "256 / 256 pixels" in state["image_info"] and "complete" in state["image_info"]
+    filled = [f for f, _a, _d in seen]
+    assert filled == sorted(filled) and filled[-1] == 256
+    partial = [(f, a, d) for f, a, d in seen if 0 < f < 256]
+    assert partial, f"the panel never showed a partly filled raster: {filled}"   # it grew on screen
+    for f, alpha, data in partial:
+        scanned = np.isfinite(data)
+        assert scanned.sum() == f and scanned[0].all() == (f >= 16)   # row by row from the top
+        # pixels not scanned yet are transparent (the dark background shows), scanned ones opaque
+        assert (alpha[~scanned] == 0).all() and (alpha[scanned] == 255).all()
+    assert image_ink(tmp_path / "imaging.png") > 10
+
+
 def test_cli_without_a_display_says_what_to_do(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     r = subprocess.run(IONSTREAM + ["view", "--endpoint", "tcp://127.0.0.1:9"], cwd=tmp_path, capture_output=True,
@@ -432,4 +534,32 @@ def test_real_x11_window_under_xvfb(tmp_path):
     finally:
         feeder.stop()
     assert r.returncode == 0, r.stderr
+    assert image_ink(tmp_path / "x11.png") > 10
+
+
+@pytest.mark.skipif(not shutil.which("xvfb-run"), reason="xvfb-run is not installed (apt: the X packages .ci/run installs)")
+@pytest.mark.skipif(_daemon_can_run() is not None, reason=str(_daemon_can_run()))
+def test_real_x11_window_shows_the_ion_image_of_a_live_imaging_daemon(tmp_path):
+    """Issue 21 on a real X11 window: `ionstream view` on a daemon rastering 16 x 16 pixels."""
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen(IONSTREAM + ["run", "--source", "sim://?imaging=16x16&samples=4096&rate=200",
+                                           "--endpoint", pub, "--control", "", "--backend", "none",
+                                           "--no-status-line", "--wait-subscribers", "1"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+        # the daemon waits for this viewer; 256 pixels at 200/s are scanned well within --after
+        r = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24"] + IONSTREAM
+                           + ["view", "--endpoint", pub, "--screenshot", "x11.png", "--after", "6"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        daemon.terminate()
+        try:
+            daemon.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()
+    assert r.returncode == 0, r.stderr
+    assert "image_visible yes" in r.stderr and "image_shape [16 16]" in r.stderr, r.stderr
+    assert "image_filled 256" in r.stderr and "image_complete yes" in r.stderr, r.stderr
     assert image_ink(tmp_path / "x11.png") > 10

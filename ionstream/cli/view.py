@@ -23,7 +23,9 @@ DESCRIPTION = (
     "It subscribes over ZeroMQ like any other client and never slows the daemon: it redraws at "
     "--fps from the latest messages and skips what it has no time to draw. Whole spectra appear "
     "when the daemon publishes them (`ionstream run --spectrum`); otherwise the peaks are drawn "
-    "as sticks. --screenshot FILE saves a picture after --after seconds and exits (works "
+    "as sticks. During an imaging run (scans with pixel positions) an ion-image panel appears and "
+    "fills as the raster is scanned (TIC or a chosen XIC window; docs/imaging.md). "
+    "--screenshot FILE saves a picture after --after seconds and exits (works "
     "without a display: QT_QPA_PLATFORM=offscreen)."
 )
 log = logging.getLogger("ionstream.view")

@@ -141,20 +141,12 @@ class TestBundle:
 
 
 def fresh_features(bundle, n, seed):
-    from instrument.spectrum_model import CLASS_LABELS, default_model, random_spectrum
-    from dsp.features import FeatureExtractor
+    """n fresh simulator spectra as features, with their labels (the benchmark's own generator)."""
+    from instrument.spectrum_model import CLASS_LABELS
+    from ionstream.benchmarks.infer import _features
 
     assert tuple(CLASS_LABELS) == bundle.labels
-    rng = np.random.default_rng(seed)
-    model = default_model()
-    ex = FeatureExtractor(bundle.feature_spec)
-    X = np.empty((n, bundle.feature_spec.bins), np.float32)
-    y = np.empty(n, np.int64)
-    for i in range(n):
-        intensity, truth = random_spectrum(i % len(CLASS_LABELS), rng)
-        ex(model.axis, intensity, out=X[i])
-        y[i] = truth.label
-    return X, y
+    return _features(bundle, n, seed)
 
 
 class TestOnnxRuntimeBackend:

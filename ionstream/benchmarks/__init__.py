@@ -1,1 +1,1 @@
-"""`ionstream bench` benchmarks, one module each (see ionstream/commands/bench.py)."""
+"""`ionstream bench` benchmarks, one module each (see ionstream/cli/bench.py)."""

@@ -1,4 +1,4 @@
-"""CURVE on the PUB and control sockets (ionstream/security.py): real keys, real ZAP, real sockets."""
+"""CURVE on the PUB and control sockets (ionstream/client/keys.py, ionstream/daemon/security.py): real keys, real ZAP, real sockets."""
 import os
 import stat
 import time

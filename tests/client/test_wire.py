@@ -1,4 +1,4 @@
-"""Wire schema 1.0 (ionstream/wire.py, docs/wire.md): round trips, version rules, errors, the doc's example."""
+"""Wire schema 1.0 (ionstream/client/wire.py, docs/wire.md): round trips, version rules, errors, the doc's example."""
 import json
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The control socket (ionstream/control.py) and `ionstream status`, on real sockets."""
+"""The control socket (ionstream/client/control.py, ionstream/daemon/control.py) and `ionstream status`, on real sockets."""
 import json
 import subprocess
 import sys

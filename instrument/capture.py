@@ -926,47 +926,6 @@ class CaptureInfo:
         d["description"] = self.description
         return d
 
-    def format(self) -> str:
-        """Readable multi-line summary."""
-        src = self.description.get("source")
-        if isinstance(src, dict):
-            src_text = src.get("url") or json.dumps(src, sort_keys=True)
-        else:
-            src_text = str(src) if src is not None else "(not described)"
-        mib = self.frame_bytes / 1e6
-        lines = [
-            f"capture        {self.path}",
-            f"format         {self.format_version}"
-            + (" (zstd blocks)" if self.compressed else "")
-            + f", written by ionstream {self.header.get('ionstream_version', '?')} on {self.header.get('host', '?')}",
-            f"started        {self.header.get('created', '?')}",
-            f"source         {src_text}",
-            f"file           {self.file_bytes:,} bytes; {self.records:,} frames, {mib:,.1f} MB of frames",
-            f"scans          {self.scans:,}  (+ {self.status_frames:,} status frames)"
-            + (f", {_samples_text(self.samples_per_scan_min, self.samples_per_scan_max)} samples/scan"
-               if self.scans else ""),
-            f"duration       {self.duration_host_s:.3f} s host time, {self.duration_device_s:.3f} s device time",
-            f"rate           {self.scan_rate_hz:.2f} scans/s, {self.mb_per_s:.2f} MB/s",
-            f"sequence gaps  {self.sequence_gaps:,}" + (f"  (device restarts: {self.sequence_restarts})"
-                                                       if self.sequence_restarts else ""),
-            f"CRC errors     {self.crc_errors:,}  (header {self.header_crc_errors}, payload "
-            f"{self.payload_crc_errors}); invalid records {self.invalid_records}",
-            f"torn tail      {'yes, ' + format(self.torn_tail_bytes, ',') + ' bytes ignored' if self.torn_tail else 'no'}",
-        ]
-        if self.corrupt_bytes:
-            lines.append(f"damage         {self.corrupt_bytes:,} bytes skipped between whole records")
-            lines.extend(f"               {note}" for note in self.damage)
-        if self.after_end_bytes:
-            lines.append(f"after END      {self.after_end_bytes:,} bytes after the END record (damage)")
-        if self.part:
-            lines.append(f"part           {self.part.get('index')} of a rotated recording"
-                         + (f", after {self.part['previous']}" if self.part.get("previous") else ""))
-        lines.append(f"closed cleanly {'yes' if self.closed_cleanly else 'no (no END record: the writer was stopped abruptly)'}")
-        settings = {k: v for k, v in self.description.items() if k != "source"}
-        if settings:
-            lines.append(f"settings       {json.dumps(settings, sort_keys=True, default=str)}")
-        return "\n".join(lines)
-
     @property
     def ok(self) -> bool:
         """No damage of any kind and no torn tail: whole records only, every one a valid frame."""
@@ -990,7 +949,7 @@ class CaptureInfo:
         return "torn_tail" if self.torn_tail else "ok"
 
 
-def _samples_text(lo: int, hi: int) -> str:
+def samples_text(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"{lo}..{hi}"
 
 

@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info.as_dict(), default=str))
         else:
-            print(info.format())
+            print(format_info(info))
         return EXIT_OK
     problems = verify_problems(info)
     outcome = info.outcome
@@ -94,3 +94,47 @@ def verify_problems(info) -> list[str]:
     if info.torn_tail and not info.after_end_bytes:
         problems.append(f"torn tail: {info.torn_tail_bytes} bytes after the last whole record (ignored)")
     return problems
+
+
+def format_info(info) -> str:
+    """A capture_info result (instrument.capture.CaptureInfo) as the readable lines `capture info` prints."""
+    from instrument.capture import samples_text
+
+    src = info.description.get("source")
+    if isinstance(src, dict):
+        src_text = src.get("url") or json.dumps(src, sort_keys=True)
+    else:
+        src_text = str(src) if src is not None else "(not described)"
+    mib = info.frame_bytes / 1e6
+    lines = [
+        f"capture        {info.path}",
+        f"format         {info.format_version}"
+        + (" (zstd blocks)" if info.compressed else "")
+        + f", written by ionstream {info.header.get('ionstream_version', '?')} on {info.header.get('host', '?')}",
+        f"started        {info.header.get('created', '?')}",
+        f"source         {src_text}",
+        f"file           {info.file_bytes:,} bytes; {info.records:,} frames, {mib:,.1f} MB of frames",
+        f"scans          {info.scans:,}  (+ {info.status_frames:,} status frames)"
+        + (f", {samples_text(info.samples_per_scan_min, info.samples_per_scan_max)} samples/scan"
+           if info.scans else ""),
+        f"duration       {info.duration_host_s:.3f} s host time, {info.duration_device_s:.3f} s device time",
+        f"rate           {info.scan_rate_hz:.2f} scans/s, {info.mb_per_s:.2f} MB/s",
+        f"sequence gaps  {info.sequence_gaps:,}" + (f"  (device restarts: {info.sequence_restarts})"
+                                                   if info.sequence_restarts else ""),
+        f"CRC errors     {info.crc_errors:,}  (header {info.header_crc_errors}, payload "
+        f"{info.payload_crc_errors}); invalid records {info.invalid_records}",
+        f"torn tail      {'yes, ' + format(info.torn_tail_bytes, ',') + ' bytes ignored' if info.torn_tail else 'no'}",
+    ]
+    if info.corrupt_bytes:
+        lines.append(f"damage         {info.corrupt_bytes:,} bytes skipped between whole records")
+        lines.extend(f"               {note}" for note in info.damage)
+    if info.after_end_bytes:
+        lines.append(f"after END      {info.after_end_bytes:,} bytes after the END record (damage)")
+    if info.part:
+        lines.append(f"part           {info.part.get('index')} of a rotated recording"
+                     + (f", after {info.part['previous']}" if info.part.get("previous") else ""))
+    lines.append(f"closed cleanly {'yes' if info.closed_cleanly else 'no (no END record: the writer was stopped abruptly)'}")
+    settings = {k: v for k, v in info.description.items() if k != "source"}
+    if settings:
+        lines.append(f"settings       {json.dumps(settings, sort_keys=True, default=str)}")
+    return "\n".join(lines)

@@ -405,7 +405,9 @@ def test_capture_info_figures(tmp_path):
     assert info.scan_rate_hz == pytest.approx(96 / 2.02)  # (scans - 1) / span of their host times
     assert info.torn_tail and info.torn_tail_bytes == 3 and info.closed_cleanly
     assert info.description["source"]["url"] == "test://"
-    text = info.format()
+    from ionstream.cli.capture import format_info
+
+    text = format_info(info)
     for needle in ("97  (+ 4 status frames)", "sequence gaps  3", "CRC errors     1", "torn tail      yes, 3 bytes",
                    "test://", "2.020 s host time"):
         assert needle in text, (needle, text)

@@ -370,20 +370,17 @@ class Pipeline:
                                                "bytes": self.acquisition.stats.bytes_read}, now)
         snapshot = self.snapshot()
         self._health_reasons = self.health.check(snapshot, now)
-        snapshot.update(self._health_fields())
+        snapshot.update(self._health_fields(), state=self._state(self._health_reasons))
         return snapshot
 
     def status(self) -> dict[str, Any]:
         """Live counters, the last tick's rates and health (safe from any thread, changes nothing)."""
-        snapshot = self.snapshot()
-        snapshot.update(self._health_fields())
-        return snapshot
+        return self.snapshot()
 
     def _health_fields(self) -> dict[str, Any]:
         reasons = self._health_reasons
         return {"health": "ok" if not reasons else "unhealthy",
-                "health_reasons": "; ".join(reasons.values()),
-                "state": self._state(reasons)}
+                "health_reasons": "; ".join(reasons.values())}
 
     def _state(self, reasons: dict[str, str]) -> str:
         if self._stopped.is_set():
@@ -414,7 +411,8 @@ class Pipeline:
             "drops_batcher": batch.get("dropped", 0),
         }
         snapshot = {
-            "state": "stopped" if self._stopped.is_set() else ("waiting" if self.waiting_subscribers else "running"),
+            "state": self._state(self._health_reasons),
+            **self._health_fields(),
             "source": self.source.url.text,
             "uptime_s": time.monotonic() - self.started_at,
             "scans": self._scans_out,
